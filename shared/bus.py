@@ -1,0 +1,122 @@
+"""Connecting to NATS, declaring the JetStream topology and publishing envelopes.
+
+Services build their broker with `make_broker`, bind subscribers with
+`durable_subscriber` and publish through `EventPublisher`, so the topology in
+`shared/subjects.py` is the only place subjects and consumers are named.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats.js.api as js_api
+import structlog
+from faststream.nats import JStream, NatsBroker, PullSub
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.events import Envelope
+from shared.subjects import CONSUMERS, DUPLICATE_WINDOW_S, STREAMS, ConsumerSpec, StreamSpec, chunk_subject, event_subject
+
+log = structlog.get_logger(__name__)
+
+# Pull this many messages per fetch; one fetch is one round trip to the server.
+DEFAULT_FETCH_BATCH_SIZE = 16
+# A fetch that finds nothing waits this long before asking again.
+DEFAULT_FETCH_TIMEOUT_S = 1.0
+
+_RETENTION = {"limits": js_api.RetentionPolicy.LIMITS, "workqueue": js_api.RetentionPolicy.WORK_QUEUE}
+
+
+def make_broker(nats_url: str, **kwargs: Any) -> NatsBroker:
+    """Build a broker whose per-message INFO logging is off: services log their own events."""
+    return NatsBroker(nats_url, logger=logging.getLogger("faststream"), log_level=logging.DEBUG, **kwargs)
+
+
+def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
+    return js_api.StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=_RETENTION[spec.retention],
+        max_age=spec.max_age_s,
+        storage=js_api.StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        durable_name=spec.durable,
+        filter_subject=spec.filter_subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_s,
+        max_ack_pending=spec.max_ack_pending,
+    )
+
+
+async def ensure_jetstream(js: JetStreamContext) -> None:
+    """Create or update every stream and durable consumer; safe to call from every service at start.
+
+    Consumers are created here, before any message is published, so a service
+    that starts late still receives every message published before it came up.
+    """
+    for stream in STREAMS:
+        try:
+            await js.stream_info(stream.name)
+            await js.update_stream(_stream_config(stream))
+        except NotFoundError:
+            await js.add_stream(_stream_config(stream))
+    for consumer in CONSUMERS:
+        await js.add_consumer(consumer.stream, consumer_config(consumer))
+
+
+def durable_subscriber(
+    broker: NatsBroker,
+    spec: ConsumerSpec,
+    *,
+    batch_size: int = DEFAULT_FETCH_BATCH_SIZE,
+    batch: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Return a FastStream subscriber decorator bound to the durable pull consumer `spec`.
+
+    Handlers must ack or nack explicitly (`msg.ack()`, `msg.nack()`, `msg.in_progress()`);
+    with `batch=True` the handler receives a list of messages.
+    """
+    return broker.subscriber(
+        spec.filter_subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        config=consumer_config(spec),
+        pull_sub=PullSub(batch_size=batch_size, timeout=DEFAULT_FETCH_TIMEOUT_S, batch=batch),
+        **kwargs,
+    )
+
+
+class EventPublisher:
+    """Publishes envelopes to JetStream and waits for the server's ack.
+
+    Each message carries `Nats-Msg-Id` set to the event id, so a stage that is
+    redelivered and publishes the same event again is dropped by JetStream.
+    """
+
+    def __init__(self, broker: NatsBroker) -> None:
+        self._broker = broker
+
+    async def publish(self, envelope: Envelope) -> None:
+        await self._publish(envelope, event_subject(envelope.type))
+
+    async def publish_chunk(self, envelope: Envelope) -> None:
+        """Publish a `generation.chunk` or `generation.end` message to the CHUNKS stream."""
+        await self._publish(envelope, chunk_subject(envelope.request_id))
+
+    async def _publish(self, envelope: Envelope, subject: str) -> None:
+        stream = subject.split(".")[1].upper()
+        await self._broker.publish(
+            envelope.model_dump_json(),
+            subject,
+            headers={"Nats-Msg-Id": envelope.event_id},
+            stream=stream,
+        )

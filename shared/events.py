@@ -1,0 +1,290 @@
+"""The event envelope and every payload that travels on the bus.
+
+Every message on NATS is an `Envelope` serialised as JSON. `schemas/events/`
+holds the JSON Schema of each payload; `tests/test_event_schemas.py` checks
+that the files and these models agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bump when a payload changes incompatibly. Consumers accept this version and
+# the one before it, because messages in JetStream outlive a deploy.
+CURRENT_SCHEMA_VERSION = 1
+ACCEPTED_SCHEMA_VERSIONS = frozenset(v for v in (CURRENT_SCHEMA_VERSION - 1, CURRENT_SCHEMA_VERSION) if v >= 1)
+
+# Event ids are derived from (tenant, request id, type, attempt), so a stage
+# that is redelivered and publishes again produces the same id. JetStream's
+# duplicate window and the telemetry table then keep one copy.
+_EVENT_ID_NAMESPACE = uuid.UUID("5b1f0a8e-6a52-4f0e-9d7c-6c1d2b9e4a31")
+
+
+class EventType(str, enum.Enum):
+    ACCEPTED = "request.accepted"
+    SCREENED = "request.screened"
+    ASSIGNED = "request.assigned"
+    FIRST_TOKEN = "generation.first_token"
+    COMPLETED = "generation.completed"
+    MODERATED = "output.moderated"
+    DELIVERED = "output.delivered"
+    FAILED = "request.failed"
+    EXPIRED = "request.expired"
+    # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
+    CHUNK = "generation.chunk"
+    END = "generation.end"
+
+
+class UnsupportedSchemaVersion(ValueError):
+    """An envelope carries a schema version this build cannot read."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Model):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationParams(_Model):
+    """Sampling parameters. `None` means "not set": the variant's value, then the backend's default, applies."""
+
+    max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=8)
+
+
+class RequestSpec(_Model):
+    """What the client asked for; carried forward by each stage so every message is self-contained."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    user_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ScannerResult(_Model):
+    """One scanner's verdict. `risk_score` runs from 0.0 (no risk) to 1.0, as in llm-guard."""
+
+    scanner: str
+    valid: bool
+    risk_score: float
+    duration_ms: float
+
+
+class Verdict(str, enum.Enum):
+    PASSED = "passed"
+    BLOCKED = "blocked"
+
+
+class VariantSpec(_Model):
+    """The model variant that serves a request, as the experiment config names it."""
+
+    key: str
+    backend: str
+    model: str | None = None
+    adapter_id: str | None = None
+    params: GenerationParams = Field(default_factory=GenerationParams)
+
+
+class Usage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class AcceptedPayload(_Model):
+    request: RequestSpec
+    prompt_chars: int
+    idempotency_key: str | None = None
+
+
+class ScreenedPayload(_Model):
+    request: RequestSpec
+    verdict: Verdict
+    scanners: list[ScannerResult]
+    # Set when the verdict is "blocked": the first scanner that failed and why.
+    blocked_by: str | None = None
+    reason: str | None = None
+
+
+class AssignedPayload(_Model):
+    request: RequestSpec
+    experiment_key: str | None
+    variant: VariantSpec
+    # GrowthBook's hash of the unit in [0, 1); None when no experiment matched.
+    hash_value: float | None = None
+    # What was hashed: "user_id" gives a sticky assignment, "request_id" a per-request one.
+    hash_attribute: str
+
+
+class FirstTokenPayload(_Model):
+    variant_key: str
+    backend: str
+    attempt: int
+    # Time from the inference service taking the request to the first token.
+    backend_ttft_ms: float
+
+
+class CompletedPayload(_Model):
+    variant_key: str
+    backend: str
+    attempt: int
+    text: str
+    finish_reason: str
+    usage: Usage
+    generation_ms: float
+
+
+class ModeratedPayload(_Model):
+    verdict: Verdict
+    scanners: list[ScannerResult]
+    blocked_by: str | None = None
+    reason: str | None = None
+
+
+class DeliveredPayload(_Model):
+    """The released output, exactly what WebSocket clients received."""
+
+    text: str
+    finish_reason: str
+    chunks: int
+    usage: Usage
+
+
+class FailedPayload(_Model):
+    stage: str
+    error_code: str
+    message: str
+
+
+class ExpiredPayload(_Model):
+    stage: str
+    deadline: datetime
+
+
+class ChunkPayload(_Model):
+    attempt: int
+    seq: int
+    text: str
+
+
+class EndPayload(_Model):
+    """The last message of one generation attempt on the CHUNKS stream."""
+
+    attempt: int
+    finish_reason: str
+    usage: Usage
+    # Set when generation failed after it started; the request then ends as failed.
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
+    EventType.ACCEPTED: AcceptedPayload,
+    EventType.SCREENED: ScreenedPayload,
+    EventType.ASSIGNED: AssignedPayload,
+    EventType.FIRST_TOKEN: FirstTokenPayload,
+    EventType.COMPLETED: CompletedPayload,
+    EventType.MODERATED: ModeratedPayload,
+    EventType.DELIVERED: DeliveredPayload,
+    EventType.FAILED: FailedPayload,
+    EventType.EXPIRED: ExpiredPayload,
+    EventType.CHUNK: ChunkPayload,
+    EventType.END: EndPayload,
+}
+
+TERMINAL_EVENT_TYPES = frozenset({EventType.DELIVERED, EventType.FAILED, EventType.EXPIRED})
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def derive_event_id(tenant: str, request_id: str, event_type: EventType, attempt: int = 0, seq: int = 0) -> str:
+    """Return the deterministic id of an event, so a redelivered stage republishes the same id."""
+    name = f"{tenant}/{request_id}/{event_type.value}/{attempt}/{seq}"
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, name))
+
+
+class Envelope(_Model):
+    """The wrapper of every bus message.
+
+    `deadline` is when the request stops being worth working on: a stage that
+    receives it later publishes `request.expired` instead of doing the work.
+    `trace` carries W3C trace context (`traceparent`, `tracestate`) when set.
+    """
+
+    event_id: str
+    type: EventType
+    schema_version: int = CURRENT_SCHEMA_VERSION
+    request_id: str
+    tenant: str
+    ts: datetime
+    deadline: datetime | None = None
+    trace: dict[str, str] = Field(default_factory=dict)
+    payload: dict[str, Any]
+
+    def parsed_payload(self) -> Any:
+        """Return the payload as its typed model; raises `pydantic.ValidationError` when it does not fit."""
+        return PAYLOAD_MODELS[self.type].model_validate(self.payload)
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.deadline is not None and (now or utc_now()) >= self.deadline
+
+    def follow_up(self, event_type: EventType, payload: _Model, *, attempt: int = 0, seq: int = 0) -> Envelope:
+        """Build the next event of the same request, keeping tenant, deadline and trace context."""
+        return Envelope(
+            event_id=derive_event_id(self.tenant, self.request_id, event_type, attempt, seq),
+            type=event_type,
+            request_id=self.request_id,
+            tenant=self.tenant,
+            ts=utc_now(),
+            deadline=self.deadline,
+            trace=dict(self.trace),
+            payload=payload.model_dump(mode="json"),
+        )
+
+
+def new_envelope(
+    event_type: EventType,
+    *,
+    request_id: str,
+    tenant: str,
+    payload: _Model,
+    deadline: datetime | None = None,
+    trace: dict[str, str] | None = None,
+) -> Envelope:
+    """Build the first event of a request."""
+    return Envelope(
+        event_id=derive_event_id(tenant, request_id, event_type),
+        type=event_type,
+        request_id=request_id,
+        tenant=tenant,
+        ts=utc_now(),
+        deadline=deadline,
+        trace=trace or {},
+        payload=payload.model_dump(mode="json"),
+    )
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    """Parse a bus message, rejecting schema versions this build cannot read.
+
+    Raises `pydantic.ValidationError` for a malformed envelope and
+    `UnsupportedSchemaVersion` for a version outside `ACCEPTED_SCHEMA_VERSIONS`.
+    """
+    envelope = Envelope.model_validate_json(data)
+    if envelope.schema_version not in ACCEPTED_SCHEMA_VERSIONS:
+        raise UnsupportedSchemaVersion(
+            f"event {envelope.event_id} has schema_version {envelope.schema_version}; "
+            f"this build reads versions {sorted(ACCEPTED_SCHEMA_VERSIONS)}: upgrade the consumer"
+        )
+    return envelope

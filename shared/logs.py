@@ -1,0 +1,53 @@
+"""structlog configuration for service entry points; library modules only call `structlog.get_logger`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Send JSON log lines to stderr, each with the service name, level and an ISO UTC timestamp.
+
+    Call once, from a service's `__main__`. The standard library's loggers
+    (uvicorn, faststream, nats) go through the same renderer.
+    """
+    numeric_level = logging.getLevelName(level.upper())
+    shared_processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.dict_tracebacks,
+    ]
+    structlog.configure(
+        processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _add_service(service),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # FastStream logs every message at the level its broker was given (DEBUG);
+    # keep it quiet on hot paths unless debugging.
+    logging.getLogger("faststream").setLevel(max(numeric_level, logging.INFO))
+
+
+def _add_service(service: str) -> structlog.types.Processor:
+    def add_service(_logger: object, _name: str, event_dict: dict) -> dict:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return add_service

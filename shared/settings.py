@@ -1,0 +1,104 @@
+"""Settings that every service reads, from `SLUICE_*` environment variables.
+
+The embedded stack (`sluice up`) and a distributed deployment run the same code:
+only the URLs below differ. Each default is the embedded stack's value and is
+explained where it is set.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The embedded stack keeps every file it writes here; `.gitignore` lists it.
+DEFAULT_DATA_DIR = REPO_ROOT / "data"
+
+# The configuration files that ship with the repository.
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+# The small causal LM that the repository builds and commits.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "tinyshakespeare-llama"
+
+
+class Settings(BaseSettings):
+    """Connection URLs, ports, file locations and limits for one process.
+
+    Every field reads the environment variable `SLUICE_<FIELD NAME>`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    # 127.0.0.1 because the embedded stack must not be reachable from other hosts.
+    host: str = "127.0.0.1"
+    # NATS and Redis keep their usual ports; 8000 and 8080 are the usual HTTP
+    # ports of an API and of TGI.
+    http_port: int = 8000
+    nats_port: int = 4222
+    redis_port: int = 6379
+    model_server_port: int = 8080
+
+    # Empty means "the embedded server on the port above"; a URL points the
+    # same code at a NATS cluster, a Redis server or a ClickHouse server.
+    nats_url: str = ""
+    redis_url: str = ""
+    # `chdb:///PATH` opens ClickHouse in-process; `http://host:8123/db` reaches a server.
+    clickhouse_dsn: str = ""
+    model_server_url: str = ""
+
+    policy_file: Path = DEFAULT_CONFIG_DIR / "policy.yaml"
+    experiments_file: Path = DEFAULT_CONFIG_DIR / "experiments.yaml"
+    backends_file: Path = DEFAULT_CONFIG_DIR / "backends.yaml"
+    # Empty means `<data_dir>/api-keys.json`, which `sluice up` writes.
+    api_keys_file: Path | None = None
+    model_dir: Path = DEFAULT_MODEL_DIR
+
+    # About 8,000 tokens of English; a larger prompt gets HTTP 413.
+    max_prompt_chars: int = Field(default=32_000, gt=0)
+    # How long a request may take from acceptance to its last token before
+    # any stage drops it as expired.
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    # Request state and released chunks stay readable this long in Redis;
+    # ClickHouse keeps the durable record.
+    request_state_ttl_s: int = Field(default=24 * 3600, gt=0)
+    # The same Idempotency-Key returns the same request id for this long.
+    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_nats_url(self) -> str:
+        return self.nats_url or f"nats://{self.host}:{self.nats_port}"
+
+    @property
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def resolved_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb:///{self.data_dir / 'clickhouse'}"
+
+    @property
+    def resolved_model_server_url(self) -> str:
+        return self.model_server_url or f"http://{self.host}:{self.model_server_port}"
+
+    @property
+    def resolved_api_keys_file(self) -> Path:
+        return self.api_keys_file or self.data_dir / "api-keys.json"
+
+    @property
+    def dev_api_key_file(self) -> Path:
+        """The plain development key that `sluice up` prints and the CLI falls back to."""
+        return self.data_dir / "dev-api-key"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment once."""
+    return Settings()

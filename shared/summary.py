@@ -1,0 +1,35 @@
+"""The traffic summary that `sluice demo` measures and `sluice report` reads from ClickHouse."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class LatencyPercentiles(BaseModel):
+    """Milliseconds; `None` when no request contributed a sample."""
+
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    samples: int = 0
+
+
+class TrafficSummary(BaseModel):
+    """Request outcomes and latency over a set of requests.
+
+    TTFT runs from acceptance to the first released chunk; total latency from
+    acceptance to the final message. `blocked_by` counts blocked requests per
+    scanner, prompt and output screening together.
+    """
+
+    requests: int = 0
+    completed: int = 0
+    blocked_by: dict[str, int] = Field(default_factory=dict)
+    failed: int = 0
+    expired: int = 0
+    in_progress: int = 0
+    ttft: LatencyPercentiles = Field(default_factory=LatencyPercentiles)
+    total_latency: LatencyPercentiles = Field(default_factory=LatencyPercentiles)
+
+    @property
+    def blocked(self) -> int:
+        return sum(self.blocked_by.values())
