@@ -77,20 +77,22 @@ def durable_subscriber(
     spec: ConsumerSpec,
     *,
     batch_size: int = DEFAULT_FETCH_BATCH_SIZE,
-    batch: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Return a FastStream subscriber decorator bound to the durable pull consumer `spec`.
 
-    Handlers must ack or nack explicitly (`msg.ack()`, `msg.nack()`, `msg.in_progress()`);
-    with `batch=True` the handler receives a list of messages.
+    Handlers receive one message at a time and must ack or nack explicitly
+    (`msg.ack()`, `msg.nack()`, `msg.in_progress()`). FastStream 0.7.8's batch
+    mode is not offered: with nats-py 2.16 a fetch that times out mid-batch
+    drops the messages gathered so far until their ack wait ends, so the
+    telemetry service pulls batches with nats-py directly.
     """
     return broker.subscriber(
         spec.filter_subject,
         stream=JStream(spec.stream, declare=False),
         durable=spec.durable,
         config=consumer_config(spec),
-        pull_sub=PullSub(batch_size=batch_size, timeout=DEFAULT_FETCH_TIMEOUT_S, batch=batch),
+        pull_sub=PullSub(batch_size=batch_size, timeout=DEFAULT_FETCH_TIMEOUT_S),
         **kwargs,
     )
 

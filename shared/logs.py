@@ -40,9 +40,13 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
-    # FastStream logs every message at the level its broker was given (DEBUG);
-    # keep it quiet on hot paths unless debugging.
-    logging.getLogger("faststream").setLevel(max(numeric_level, logging.INFO))
+    # FastStream attaches its own plain-text handler and logs each subscriber
+    # task callback at INFO; route it through the JSON renderer and keep only
+    # its warnings and errors, since the services log their own events.
+    faststream_logger = logging.getLogger("faststream")
+    faststream_logger.handlers.clear()
+    faststream_logger.propagate = True
+    faststream_logger.setLevel(max(numeric_level, logging.WARNING))
 
 
 def _add_service(service: str) -> structlog.types.Processor:

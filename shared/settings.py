@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Empty means `<data_dir>/api-keys.json`, which `sluice up` writes.
     api_keys_file: Path | None = None
     model_dir: Path = DEFAULT_MODEL_DIR
+    # Generations the model server runs at once; later requests wait in
+    # arrival order. Each runs token by token on the CPU, so more at once only
+    # splits the same cores while every KV cache stays in memory.
+    model_server_max_concurrent_generations: int = Field(default=4, gt=0)
 
     # About 8,000 tokens of English; a larger prompt gets HTTP 413.
     max_prompt_chars: int = Field(default=32_000, gt=0)

@@ -16,9 +16,16 @@ class LatencyPercentiles(BaseModel):
 class TrafficSummary(BaseModel):
     """Request outcomes and latency over a set of requests.
 
-    TTFT runs from acceptance to the first released chunk; total latency from
-    acceptance to the final message. `blocked_by` counts blocked requests per
-    scanner, prompt and output screening together.
+    TTFT runs from acceptance to the first token. Total latency runs from
+    acceptance to the end of the request: delivery of the output, or the
+    screening verdict for a prompt blocked at input. `sluice report` takes
+    both from event times (request.accepted, generation.first_token,
+    output.delivered, request.screened); `sluice demo` measures them at the
+    client. Percentiles interpolate linearly between samples, as
+    numpy.percentile does by default. `blocked_by` counts blocked requests
+    per scanner, prompt and output screening together. In a report each
+    request counts in exactly one of completed, blocked, failed, expired and
+    in_progress.
     """
 
     requests: int = 0

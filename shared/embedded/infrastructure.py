@@ -7,7 +7,9 @@ through this module, so both run the same servers the same way.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +80,19 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], name: 
     raise InfrastructureError(f"{name} did not listen on {host}:{port} within {READY_TIMEOUT_S} s; see {log_path}")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when its parent dies, so a killed supervisor leaves nothing behind.
+
+    Runs in the child between fork and exec (`preexec_fn`).
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _venv_binary(name: str) -> Path:
     return Path(sys.executable).parent / name
 
@@ -110,7 +125,14 @@ def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes
     with log_path.open("ab") as log_file:
         # A new session keeps Ctrl-C in the terminal from reaching the child
         # directly: the supervisor stops children in order.
-        return subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
 
 def start_nats(host: str, port: int, data_dir: Path, log_dir: Path, setting: str = "SLUICE_NATS_PORT") -> ManagedProcess:

@@ -1,0 +1,35 @@
+# `make run` and `make test` create the virtual environment and install the
+# pinned dependencies on first use; later runs reuse them.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install; reinstalls when the pins change.
+INSTALLED := $(VENV)/.installed
+
+# No model or data set may be fetched from a hub at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test clean-data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(INSTALLED): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip setuptools
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+run: $(INSTALLED)
+	$(BIN)/sluice up
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+# Deletes the embedded stack's data folder: streams, Redis, ClickHouse and the development key.
+clean-data:
+	rm -rf data

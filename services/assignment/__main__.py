@@ -1,0 +1,8 @@
+"""Run the assignment service: `python -m services.assignment`."""
+
+from services.assignment.app import SERVICE_NAME, make_app
+from shared.service import run
+from shared.settings import get_settings
+
+if __name__ == "__main__":
+    run(SERVICE_NAME, get_settings(), make_app)

@@ -1,0 +1,87 @@
+"""An HTTP and WebSocket client for the ingress API, used by every `sluice` command that talks to a running stack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import websockets
+
+# Generation on the embedded CPU model takes seconds; reports scan ClickHouse.
+# Neither should hang a terminal for longer than this.
+DEFAULT_HTTP_TIMEOUT_S = 60.0
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error status; the message is the server's explanation."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class Submission:
+    request_id: str
+    status_url: str
+    stream_url: str
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])
+    return json.dumps(body)
+
+
+class SluiceClient:
+    """Talks to one ingress. Use as an async context manager; not safe to share across event loops."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> None:
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._http = httpx.AsyncClient(base_url=base_url, headers=self._headers, timeout=timeout_s)
+
+    async def __aenter__(self) -> SluiceClient:
+        return self
+
+    async def __aexit__(self, *_exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> Submission:
+        """POST a request; raises `ApiError` unless the API answers 202."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = await self._http.post("/v1/requests", json=body, headers=headers)
+        if response.status_code != 202:
+            raise ApiError(response.status_code, _error_message(response))
+        accepted = response.json()
+        return Submission(accepted["request_id"], accepted["status_url"], accepted["stream_url"])
+
+    async def status(self, request_id: str) -> dict[str, Any]:
+        return await self._get_json(f"/v1/requests/{request_id}")
+
+    async def summary(self, since: str | None = None, until: str | None = None) -> dict[str, Any]:
+        params = {key: value for key, value in {"since": since, "until": until}.items() if value}
+        return await self._get_json("/v1/reports/summary", params=params)
+
+    async def stream(self, stream_url: str, offset: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Yield the released messages of a request, chunks then the final message."""
+        url = f"{stream_url}?offset={offset}" if offset else stream_url
+        async with websockets.connect(url, additional_headers=self._headers) as connection:
+            async for raw in connection:
+                message = json.loads(raw)
+                yield message
+                if message.get("type") == "final":
+                    return
+
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        response = await self._http.get(path, params=params)
+        if response.status_code != 200:
+            raise ApiError(response.status_code, _error_message(response))
+        return response.json()

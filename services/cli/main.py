@@ -1,0 +1,237 @@
+"""The `sluice` command: start the embedded stack and talk to a running one."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.cli.client import ApiError, SluiceClient
+from services.cli.demo import PromptFileError, load_prompts, replay, summarize
+from services.cli.tables import summary_table
+from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
+from shared.settings import get_settings
+from shared.summary import TrafficSummary
+
+app = typer.Typer(help="Sluice: an LLM serving pipeline. `sluice up` starts it; the other commands use it.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+# The embedded model writes about 500 tokens per second; 64 tokens keep a demo quick.
+DEFAULT_MAX_NEW_TOKENS = 64
+# Two cores run the whole stack; more requests in flight only queue.
+DEFAULT_DEMO_CONCURRENCY = 4
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", envvar="SLUICE_URL", help="Ingress base URL. Default: http://SLUICE_HOST:SLUICE_HTTP_PORT."),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SLUICE_API_KEY",
+        help="API key. Default: the development key that `sluice up` wrote to its data folder.",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def _base_url(url: str | None) -> str:
+    settings = get_settings()
+    return (url or f"http://{settings.host}:{settings.http_port}").rstrip("/")
+
+
+def _api_key(api_key: str | None) -> str:
+    if api_key:
+        return api_key
+    key_file = get_settings().dev_api_key_file
+    if key_file.is_file():
+        return key_file.read_text().strip()
+    raise _fail(f"no API key: set SLUICE_API_KEY or run `sluice up`, which writes the development key to {key_file}")
+
+
+def _client(url: str | None, api_key: str | None) -> SluiceClient:
+    return SluiceClient(_base_url(url), _api_key(api_key))
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack in the foreground; Ctrl-C stops every process it started."""
+    settings = get_settings()
+    stack = EmbeddedStack(settings)
+    # `kill` stops the stack as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        with console.status("starting the stack") as status:
+            stack.start(progress=lambda step: status.update(step))
+        _print_started(stack)
+        _supervise(stack)
+    except StackError as error:
+        raise _fail(f"{error}; the stack has stopped") from error
+    except KeyboardInterrupt:
+        console.print("stopping the stack")
+    finally:
+        stack.stop()
+    console.print("stopped")
+
+
+def _print_started(stack: EmbeddedStack) -> None:
+    console.print(f"Sluice is running at [bold]{stack.http_url}[/bold]")
+    console.print(f"API key (tenant dev): {stack.api_key}  (also in {stack.settings.dev_api_key_file})")
+    console.print(f"Logs: {stack.log_dir}")
+    console.print('Try: sluice submit "Write a sonnet about the sea"')
+    console.print("Press Ctrl-C to stop.")
+
+
+def _supervise(stack: EmbeddedStack) -> None:
+    """Return never: raise `StackError` when a child exits, `KeyboardInterrupt` on Ctrl-C or SIGTERM."""
+    while True:
+        stack.raise_if_exited()
+        time.sleep(SUPERVISE_INTERVAL_S)
+
+
+def _interrupt_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt, sent as one user message.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum number of tokens to generate.")] = DEFAULT_MAX_NEW_TOKENS,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature; default: the variant's.")] = None,
+    user_id: Annotated[str | None, typer.Option(help="User id; the same id always gets the same experiment variant.")] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Submit a prompt, print the tokens as they stream, then the final status."""
+    params: dict[str, object] = {"max_new_tokens": max_new_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
+    body = {"prompt": prompt, "params": params, **({"user_id": user_id} if user_id else {})}
+    asyncio.run(_submit(_client(url, api_key), body))
+
+
+async def _submit(client: SluiceClient, body: dict) -> None:
+    async with client:
+        try:
+            submission = await client.submit(body)
+            console.print(f"[dim]request {submission.request_id}[/dim]")
+            final: dict = {}
+            async for message in client.stream(submission.stream_url):
+                if message["type"] == "chunk":
+                    sys.stdout.write(message["text"])
+                    sys.stdout.flush()
+                else:
+                    final = message
+            status = await client.status(submission.request_id)
+        except (ApiError, OSError) as error:
+            raise _fail(str(error)) from error
+    console.print()
+    _print_final(final, status)
+
+
+def _print_final(final: dict, status: dict) -> None:
+    variant = (status.get("variant") or {}).get("variant_key", "-")
+    timings = status.get("timings") or {}
+    line = f"status: {final.get('status', status.get('status'))}  variant: {variant}"
+    if final.get("blocked_by"):
+        line += f"  blocked by: {final['blocked_by']} ({final.get('reason') or 'no reason given'})"
+    if final.get("finish_reason"):
+        line += f"  finish: {final['finish_reason']}"
+    if timings.get("ttft_ms") is not None:
+        line += f"  TTFT: {timings['ttft_ms']:.0f} ms"
+    if timings.get("total_ms") is not None:
+        line += f"  total: {timings['total_ms']:.0f} ms"
+    console.print(line)
+
+
+@app.command()
+def demo(
+    prompts: Annotated[Path, typer.Option(help="JSONL file with a `text` field per line.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many prompts.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = DEFAULT_DEMO_CONCURRENCY,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Maximum number of tokens to generate per prompt.")] = DEFAULT_MAX_NEW_TOKENS,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Replay prompts from a JSONL file and print outcomes and client-side latency."""
+    try:
+        texts = load_prompts(prompts, limit)
+    except PromptFileError as error:
+        raise _fail(str(error)) from error
+    summary = asyncio.run(_demo(_client(url, api_key), texts, concurrency, max_new_tokens))
+    console.print(summary_table(summary, f"demo: {len(texts)} prompts from {prompts.name} (measured by the client)"))
+
+
+async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_new_tokens: int) -> TrafficSummary:
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    async with client:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("replay", total=len(texts))
+            try:
+                outcomes = await replay(
+                    client,
+                    texts,
+                    concurrency=concurrency,
+                    max_new_tokens=max_new_tokens,
+                    on_done=lambda _outcome: progress.advance(task),
+                )
+            except (ApiError, OSError) as error:
+                raise _fail(str(error)) from error
+    return summarize(outcomes)
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Report name.")] = "summary",
+    since: Annotated[str | None, typer.Option(help="Start of the time range, ISO 8601 (UTC if no offset).")] = None,
+    until: Annotated[str | None, typer.Option(help="End of the time range, ISO 8601.")] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Print a report over all traffic so far, read from ClickHouse."""
+    if name != "summary":
+        raise _fail(f"unknown report {name!r}; available reports: summary")
+    summary = asyncio.run(_report(_client(url, api_key), since, until))
+    console.print(summary_table(summary, "report: summary (from ClickHouse)"))
+
+
+async def _report(client: SluiceClient, since: str | None, until: str | None) -> TrafficSummary:
+    async with client:
+        try:
+            return TrafficSummary.model_validate(await client.summary(since, until))
+        except (ApiError, OSError) as error:
+            raise _fail(str(error)) from error
+
+
+@app.command()
+def status(
+    request_id: Annotated[str, typer.Argument(help="The request id that submission returned.")],
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Print a request's status record as JSON."""
+
+    async def fetch() -> dict:
+        async with _client(url, api_key) as client:
+            try:
+                return await client.status(request_id)
+            except (ApiError, OSError) as error:
+                raise _fail(str(error)) from error
+
+    console.print_json(data=asyncio.run(fetch()))
+
+

@@ -1,0 +1,1 @@
+"""The inference service: streams each assigned request's completion from its variant's backend."""

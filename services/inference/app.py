@@ -1,0 +1,58 @@
+"""Wiring of the inference service: configuration, backends, Redis, broker, consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import redis.asyncio as redis
+from faststream import AckPolicy, FastStream
+from faststream.nats.annotations import NatsMessage
+
+from services.inference.backends import Backend
+from services.inference.generation import Generator
+from services.inference.handler import AssignedHandler
+from services.inference.tgi import TgiBackend
+from shared.bus import EventPublisher, durable_subscriber, make_broker
+from shared.experiments import BackendConfig, load_serving_config
+from shared.release_log import ReleaseLog
+from shared.service import build_app
+from shared.settings import Settings
+from shared.subjects import INFERENCE_CONSUMER
+
+SERVICE_NAME = "inference"
+
+# Maximum requests that one instance generates at once. The embedded model
+# server runs on a few CPU cores, where more parallel streams only slow each
+# other down, so scale out with more instances instead.
+MAX_CONCURRENT_REQUESTS = 4
+
+_BACKEND_KINDS = {"tgi": TgiBackend}
+
+
+def make_backends(configs: Mapping[str, BackendConfig]) -> dict[str, Backend]:
+    """Build one backend per configured name."""
+    return {name: _BACKEND_KINDS[config.kind](name, config) for name, config in configs.items()}
+
+
+def make_app(settings: Settings) -> FastStream:
+    """Build the service. Raises `shared.experiments.ConfigError` when a config file is invalid."""
+    config = load_serving_config(settings)
+    broker = make_broker(settings.resolved_nats_url)
+    publisher = EventPublisher(broker)
+    redis_client = redis.from_url(settings.resolved_redis_url)
+    release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
+    handler = AssignedHandler(Generator(make_backends(config.backends), publisher), release_log, publisher)
+
+    # Fetch no more than the workers can start, so no message waits in memory
+    # while its ack_wait runs out.
+    @durable_subscriber(
+        broker,
+        INFERENCE_CONSUMER,
+        batch_size=MAX_CONCURRENT_REQUESTS,
+        max_workers=MAX_CONCURRENT_REQUESTS,
+        ack_policy=AckPolicy.MANUAL,
+    )
+    async def on_assigned(msg: NatsMessage) -> None:
+        await handler.handle(msg)
+
+    return build_app(SERVICE_NAME, broker, settings, on_shutdown=redis_client.aclose)

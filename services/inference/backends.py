@@ -1,0 +1,91 @@
+"""The interface between the inference service and a model server, and its error vocabulary.
+
+A `Backend` streams one chat completion as `TokenDelta` items followed by a
+single `StreamEnd`. Every failure surfaces as a `BackendError` subclass. Each
+adapter translates its client library's errors into these and keeps the
+original as `__cause__`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.events import ChatMessage, GenerationParams, Usage
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """A piece of generated text, never empty."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a stream. `finish_reason` is the server's own (TGI: "length", "eos_token", "stop_sequence")."""
+
+    finish_reason: str
+    usage: Usage
+
+
+StreamItem = TokenDelta | StreamEnd
+
+
+class Backend(Protocol):
+    """A model server that streams chat completions."""
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, *, adapter_id: str | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Yield the completion of `messages` as `TokenDelta` items, then exactly one `StreamEnd`.
+
+        A parameter that is None is not sent, so the server's default applies.
+        Raises a `BackendError` subclass on any failure, before or during the
+        stream. Close the iterator (`contextlib.aclosing`) when stopping early.
+        """
+        ...
+
+
+class BackendError(Exception):
+    """A backend call failed.
+
+    `error_code` is the code that `request.failed` carries. `retryable` tells
+    whether the same call may succeed when tried again.
+    """
+
+    error_code = "backend_error"
+    retryable = False
+
+
+class BackendUnavailable(BackendError):
+    """The server could not be reached, dropped the connection, is overloaded or failed with HTTP 5xx."""
+
+    error_code = "backend_unavailable"
+    retryable = True
+
+
+class BackendTimeout(BackendUnavailable):
+    """No connection, first token or next token arrived within the backend's timeout."""
+
+    error_code = "backend_timeout"
+
+
+class BackendRejected(BackendError):
+    """The server rejected the request as invalid (HTTP 4xx other than 429): sending it again cannot help."""
+
+    error_code = "backend_rejected"
+
+
+class BackendGenerationFailed(BackendError):
+    """The server accepted the request but reported an error while generating."""
+
+    error_code = "generation_failed"
+    retryable = True
+
+
+class BackendProtocolError(BackendError):
+    """The server's reply does not follow the protocol, for example a stream without a finish reason."""
+
+    error_code = "backend_protocol_error"

@@ -1,0 +1,124 @@
+"""The ingress application: builds every component once and wires the routes and the projector to them.
+
+One NATS connection (a FastStream broker) carries both the published
+`request.accepted` events and the `request-state` consumer. One Redis client
+serves the status records, idempotency keys and release logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import nats.errors
+import redis.asyncio as redis
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsBroker
+from redis.exceptions import RedisError
+
+from shared.bus import EventPublisher, ensure_jetstream, make_broker
+from shared.release_log import ReleaseLog
+from shared.settings import Settings
+
+from services.ingress.acceptance import RequestAcceptor
+from services.ingress.auth import ApiKeyAuthenticator, tenant_dependency
+from services.ingress.errors import install_error_handlers
+from services.ingress.idempotency import IdempotencyStore
+from services.ingress.projector import RequestStateProjector, subscribe_projector
+from services.ingress.routes_reports import reports_router
+from services.ingress.routes_requests import requests_router
+from services.ingress.state_store import RequestStateStore
+from services.ingress.streaming import ReleaseStreamer, stream_router
+
+log = structlog.get_logger(__name__)
+
+# `/healthz` waits this long for each of NATS and Redis, so one hung
+# dependency cannot hang the probe.
+HEALTH_CHECK_TIMEOUT_S = 1.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the ingress app; NATS and Redis are connected when the app's lifespan starts.
+
+    Raises `shared.api_keys.ApiKeyFileError` when the API key file is missing or malformed.
+    """
+    authenticator = ApiKeyAuthenticator.from_file(settings.resolved_api_keys_file)
+    broker = make_broker(settings.resolved_nats_url)
+    redis_client = redis.from_url(settings.resolved_redis_url)
+    state_store = RequestStateStore(redis_client, settings.request_state_ttl_s)
+    release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
+    subscribe_projector(broker, RequestStateProjector(state_store, release_log))
+    acceptor = RequestAcceptor(
+        state_store=state_store,
+        idempotency=IdempotencyStore(redis_client, settings.idempotency_ttl_s),
+        publisher=EventPublisher(broker),
+        max_prompt_chars=settings.max_prompt_chars,
+        request_timeout_s=settings.request_timeout_s,
+    )
+
+    app = FastAPI(title="Sluice ingress", lifespan=_lifespan(broker, redis_client, settings))
+    install_error_handlers(app)
+    tenant = tenant_dependency(authenticator)
+    app.include_router(requests_router(tenant, acceptor, state_store))
+    streamer = ReleaseStreamer(release_log, state_store, settings.request_timeout_s)
+    app.include_router(stream_router(authenticator, state_store, streamer))
+    app.include_router(reports_router(tenant, lambda: broker.connection))
+    app.include_router(_health_router(broker, redis_client))
+    return app
+
+
+def _lifespan(
+    broker: NatsBroker, redis_client: redis.Redis, settings: Settings
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await redis_client.ping()
+        connection = await broker.connect()
+        # The topology must exist before the first publish and before the projector binds its consumer.
+        await ensure_jetstream(connection.jetstream())
+        await broker.start()
+        log.info("service_started", nats_url=settings.resolved_nats_url, http_port=settings.http_port)
+        try:
+            yield
+        finally:
+            await _stop_broker(broker)
+            await redis_client.aclose()
+            log.info("service_stopped")
+
+    return lifespan
+
+
+async def _stop_broker(broker: NatsBroker) -> None:
+    """Stop the subscribers and drain the NATS connection; a connection that is down is only logged."""
+    try:
+        await broker.stop()
+    except nats.errors.Error as error:
+        log.warning("nats_drain_failed", error=repr(error))
+
+
+async def _redis_reachable(redis_client: redis.Redis) -> bool:
+    try:
+        return bool(await asyncio.wait_for(redis_client.ping(), HEALTH_CHECK_TIMEOUT_S))
+    except (RedisError, TimeoutError) as error:
+        log.warning("health_check_failed", dependency="redis", error=repr(error))
+        return False
+
+
+def _health_router(broker: NatsBroker, redis_client: redis.Redis) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Return 200 when NATS and Redis are reachable, else 503 naming the one that is not; needs no API key."""
+        checks = {
+            "nats": await broker.ping(timeout=HEALTH_CHECK_TIMEOUT_S),
+            "redis": await _redis_reachable(redis_client),
+        }
+        healthy = all(checks.values())
+        body = {"status": "ok" if healthy else "unavailable", **{name: "ok" if up else "unreachable" for name, up in checks.items()}}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    return router

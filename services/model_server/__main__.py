@@ -1,0 +1,28 @@
+"""Run the model server: `python -m services.model_server`, configured by the `SLUICE_*` settings."""
+
+from __future__ import annotations
+
+import structlog
+import uvicorn
+
+from services.model_server.app import create_app, load_engine
+from shared.logs import configure_logging
+from shared.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+
+def main() -> None:
+    """Load the model, then listen on `host`:`model_server_port` until SIGINT or SIGTERM."""
+    settings = get_settings()
+    configure_logging("model_server", settings.log_level)
+    log.info("service_starting", model_dir=str(settings.model_dir), port=settings.model_server_port)
+    engine = load_engine(settings.model_dir, settings.model_server_max_concurrent_generations)
+    app = create_app(engine)
+    # log_config=None keeps uvicorn's loggers on the JSON handler configured above.
+    uvicorn.run(app, host=settings.host, port=settings.model_server_port, log_config=None)
+    log.info("service_stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Wiring of the moderation service: policy, output scanners, Redis, broker, consumer."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+import structlog
+from faststream import AckPolicy, FastStream
+from faststream.nats.annotations import NatsMessage
+
+from services.moderation.handler import ChunkHandler
+from services.moderation.moderator import Moderator
+from services.moderation.sink import OutputSink
+from services.moderation.stream import StreamTable
+from shared.bus import EventPublisher, durable_subscriber, make_broker
+from shared.release_log import ReleaseLog
+from shared.scanning import build_output_chain, load_policy
+from shared.service import build_app
+from shared.settings import Settings
+from shared.subjects import MODERATION_CONSUMER
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "moderation"
+
+# FastStream 0.7.8 handles the messages of one fetch concurrently, but a
+# request's chunks must be handled one after another in stream order, so
+# each fetch takes one message.
+# NOTE: that costs one round trip to nats-server per chunk.
+FETCH_BATCH_SIZE = 1
+
+
+def make_app(settings: Settings) -> FastStream:
+    """Build the service and its output scanners (about 6 s on the first call, which imports llm-guard).
+
+    Raises `shared.scanning.PolicyError` when the policy file is invalid.
+    """
+    output_chain = build_output_chain(load_policy(settings.policy_file))
+    broker = make_broker(settings.resolved_nats_url)
+    redis_client = redis.from_url(settings.resolved_redis_url)
+    sink = OutputSink(ReleaseLog(redis_client, settings.request_state_ttl_s), EventPublisher(broker))
+    # A stream silent for a whole request timeout belongs to a request that every stage has given up on.
+    table = StreamTable(idle_timeout_s=settings.request_timeout_s)
+    moderator = Moderator(output_chain, sink, table)
+    handler = ChunkHandler(moderator)
+    log.info("output_scanners_built", scanners=list(output_chain.names), holdback_chars=moderator.holdback_chars)
+
+    @durable_subscriber(broker, MODERATION_CONSUMER, batch_size=FETCH_BATCH_SIZE, ack_policy=AckPolicy.MANUAL)
+    async def on_chunk(msg: NatsMessage) -> None:
+        await handler.handle(msg)
+
+    return build_app(SERVICE_NAME, broker, settings, on_shutdown=redis_client.aclose)

@@ -1,0 +1,113 @@
+"""Wiring of the telemetry service: the EVENTS pull loop, the store API subscriber and the store's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from faststream import FastStream
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker
+
+from services.telemetry.consumer import EventBatchWriter, RetryDelay
+from services.telemetry.migrations import load_migrations
+from services.telemetry.puller import BatchPuller
+from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
+from services.telemetry.settings import TelemetrySettings
+from services.telemetry.store import EventStore
+from shared.bus import make_broker
+from shared.service import build_app
+from shared.settings import Settings
+from shared.store_client import StoreUnavailable
+from shared.subjects import STORE_QUERY_SUBJECT, STORE_QUEUE_GROUP, TELEMETRY_CONSUMER
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "telemetry"
+
+
+class TelemetryService:
+    """Opens the store and starts the EVENTS pull loop at start, replies to store API requests, and stops in reverse.
+
+    The store API handler must not run before `start` returned; FastStream
+    guarantees it by starting subscribers after the startup hooks.
+    """
+
+    def __init__(self, settings: Settings, tuning: TelemetrySettings, broker: NatsBroker) -> None:
+        self._dsn = settings.resolved_clickhouse_dsn
+        self._tuning = tuning
+        self._broker = broker
+        self._store: EventStore | None = None
+        self._queries: StoreQueryHandler | None = None
+        self._puller: BatchPuller | None = None
+
+    async def start(self) -> None:
+        """Open ClickHouse, apply pending migrations, build the handlers and start pulling events.
+
+        Raises `StoreUnavailable` when ClickHouse cannot be opened or migrated.
+        """
+        store = await asyncio.to_thread(
+            EventStore.open, self._dsn, query_max_execution_time_s=self._tuning.query_max_execution_time_s
+        )
+        self._store = store
+        try:
+            applied = await store.migrate(load_migrations())
+        except StoreUnavailable as error:
+            log.error("store_migration_failed", error=str(error))
+            await self.close_store()
+            raise
+        log.info("store_opened", migrations_applied=applied)
+        connection = await self._broker.connect()
+        self._queries = StoreQueryHandler(store, connection.max_payload - REPLY_HEADROOM_BYTES)
+        self._puller = self._build_puller(store)
+        await self._puller.start(connection.jetstream())
+
+    async def stop_pulling(self) -> None:
+        """Stop the pull loop while the connection is still up, so the batch in hand is acked or nacked."""
+        if self._puller is not None:
+            await self._puller.stop()
+            self._puller = None
+
+    async def close_store(self) -> None:
+        """Close the store after the broker stopped; waits for a running ClickHouse call."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+            log.info("store_closed")
+
+    async def reply(self, data: bytes) -> bytes:
+        if self._queries is None:
+            raise RuntimeError("the store API received a request before the telemetry service started")
+        return await self._queries.reply(data)
+
+    def _build_puller(self, store: EventStore) -> BatchPuller:
+        retry_delay = RetryDelay(self._tuning.retry_delay_initial_s, self._tuning.retry_delay_max_s)
+        writer = EventBatchWriter(store, retry_delay)
+        return BatchPuller(
+            TELEMETRY_CONSUMER,
+            writer.store_batch,
+            batch_size=self._tuning.batch_size,
+            fetch_timeout_s=self._tuning.fetch_timeout_s,
+        )
+
+
+def make_app(settings: Settings, tuning: TelemetrySettings | None = None) -> FastStream:
+    """Build the telemetry app; `tuning` defaults to `TelemetrySettings()` read from the environment."""
+    tuning = tuning or TelemetrySettings()
+    broker = make_broker(settings.resolved_nats_url)
+    service = TelemetryService(settings, tuning, broker)
+
+    @broker.subscriber(STORE_QUERY_SUBJECT, queue=STORE_QUEUE_GROUP, decoder=_raw_body)
+    async def answer_store_query(body: bytes) -> bytes:
+        return await service.reply(body)
+
+    app = build_app(SERVICE_NAME, broker, settings, on_startup=service.start, on_shutdown=service.close_store)
+    # `on_shutdown` hooks run before the broker closes the connection.
+    app.on_shutdown(service.stop_pulling)
+    return app
+
+
+def _raw_body(message: StreamMessage) -> object:
+    # The handler parses the body itself, so a malformed request gets an
+    # invalid_query reply instead of failing in FastStream's JSON decoding.
+    return message.body

@@ -1,0 +1,110 @@
+"""Storing batches of the EVENTS stream: decode, insert once, then acknowledge.
+
+Each batch comes from the durable pull consumer `telemetry`. A message that
+is not a valid envelope is terminated: JetStream never redelivers it and
+nothing is stored. The valid ones are inserted with one insert, and each is
+acknowledged only after the insert returned. When the store fails, the batch
+is negatively acknowledged with a delay that doubles on each delivery, so
+JetStream redelivers it later and no message is acked before it is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.msg import Msg
+
+from services.telemetry.rows import InvalidEvent, decode_event
+from services.telemetry.store import EventStore
+from shared.events import Envelope
+from shared.store_client import StoreError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryDelay:
+    """Delay before JetStream redelivers a batch that could not be stored, in seconds."""
+
+    initial_s: float
+    max_s: float
+
+    def after(self, deliveries: int) -> float:
+        """Return the delay after the `deliveries`-th failed delivery (1 for the first).
+
+        The delay is `initial_s`, doubled for each further delivery and capped at `max_s`.
+        """
+        # The cap keeps 2**exponent a small number after thousands of deliveries.
+        exponent = min(max(deliveries, 1) - 1, 32)
+        return min(self.initial_s * 2**exponent, self.max_s)
+
+
+class EventBatchWriter:
+    """Stores one batch of JetStream messages at a time and settles every message of it."""
+
+    def __init__(self, store: EventStore, retry_delay: RetryDelay) -> None:
+        self._store = store
+        self._retry_delay = retry_delay
+
+    async def store_batch(self, messages: list[Msg]) -> None:
+        """Insert the batch's valid events and ack them, and terminate the invalid ones.
+
+        When the store fails, every valid message is nacked with the retry delay instead.
+        """
+        decoded = await self._decode_or_terminate(messages)
+        if not decoded:
+            return
+        envelopes = [envelope for _, envelope in decoded]
+        started = time.perf_counter()
+        try:
+            inserted = await self._store.insert_new(envelopes)
+        except StoreError as error:
+            await self._retry_later(decoded, error)
+            return
+        await _ack_all(message for message, _ in decoded)
+        log.info(
+            "event_batch_stored",
+            events=len(decoded),
+            inserted=inserted,
+            duplicates=len(decoded) - inserted,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    async def _decode_or_terminate(self, messages: list[Msg]) -> list[tuple[Msg, Envelope]]:
+        decoded = []
+        for message in messages:
+            try:
+                decoded.append((message, decode_event(message.data)))
+            except InvalidEvent as error:
+                await self._terminate(message, error)
+        return decoded
+
+    async def _terminate(self, message: Msg, error: InvalidEvent) -> None:
+        log.warning(
+            "event_rejected",
+            subject=message.subject,
+            stream_sequence=message.metadata.sequence.stream,
+            error=str(error),
+        )
+        await message.term()
+
+    async def _retry_later(self, decoded: list[tuple[Msg, Envelope]], error: StoreError) -> None:
+        deliveries = max(message.metadata.num_delivered for message, _ in decoded)
+        delay_s = self._retry_delay.after(deliveries)
+        log.warning(
+            "event_batch_store_failed",
+            events=len(decoded),
+            deliveries=deliveries,
+            retry_delay_s=delay_s,
+            error=str(error),
+        )
+        for message, _ in decoded:
+            await message.nak(delay=delay_s)
+
+
+async def _ack_all(messages: Iterable[Msg]) -> None:
+    for message in messages:
+        await message.ack()

@@ -1,0 +1,54 @@
+"""Tuning of the telemetry service, from `SLUICE_TELEMETRY_*` environment variables.
+
+Connection URLs and the ClickHouse DSN come from `shared.settings.Settings`;
+only what is specific to telemetry lives here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.subjects import TELEMETRY_CONSUMER
+
+# Each insert creates one part in ClickHouse, so larger batches leave fewer
+# parts to merge. 500 bounds a batch of accepted events, whose payloads carry
+# prompts of up to 32,000 characters, to about 16 MB.
+DEFAULT_BATCH_SIZE = 500
+# The service stores a partial batch after waiting this long for it to fill,
+# so under light traffic reports lag the bus by about a second.
+DEFAULT_FETCH_TIMEOUT_S = 1.0
+# After a failed insert JetStream redelivers the batch after this delay,
+# doubled on each further delivery up to the maximum: a restarting ClickHouse
+# gets time to come back and is not hammered meanwhile.
+DEFAULT_RETRY_DELAY_INITIAL_S = 1.0
+DEFAULT_RETRY_DELAY_MAX_S = 60.0
+# ClickHouse stops a store API query after this many seconds, below the
+# store client's 30 s reply timeout, so the caller gets an error reply.
+DEFAULT_QUERY_MAX_EXECUTION_TIME_S = 20
+
+
+class TelemetrySettings(BaseSettings):
+    """Batching, retry and query limits of one telemetry process.
+
+    Every field reads the environment variable `SLUICE_TELEMETRY_<FIELD NAME>`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_TELEMETRY_", extra="ignore")
+
+    # JetStream hands out at most `max_ack_pending` unacked messages, so a
+    # larger batch could never fill.
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=TELEMETRY_CONSUMER.max_ack_pending)
+    fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0)
+    retry_delay_initial_s: float = Field(default=DEFAULT_RETRY_DELAY_INITIAL_S, gt=0)
+    retry_delay_max_s: float = Field(default=DEFAULT_RETRY_DELAY_MAX_S, gt=0)
+    query_max_execution_time_s: int = Field(default=DEFAULT_QUERY_MAX_EXECUTION_TIME_S, ge=1)
+
+    @model_validator(mode="after")
+    def _check_retry_delays(self) -> TelemetrySettings:
+        if self.retry_delay_max_s < self.retry_delay_initial_s:
+            raise ValueError(
+                f"retry_delay_max_s ({self.retry_delay_max_s}) is below retry_delay_initial_s "
+                f"({self.retry_delay_initial_s}); set SLUICE_TELEMETRY_RETRY_DELAY_MAX_S to at least the initial delay"
+            )
+        return self

@@ -1,0 +1,177 @@
+"""The ClickHouse adapter of the telemetry service: the only module that talks to clickhouse-connect.
+
+It opens two clients on the same DSN. The writer applies migrations and
+inserts events. The reader serves the store API with the session settings
+`readonly=1`, so no statement it runs can write, whatever the SQL says, and
+with `max_execution_time`. clickhouse-connect has no async client for chDB,
+so each client's calls run on that client's own single worker thread: calls
+on one client run one after another, and `close` waits for a running call to
+finish before it closes the client.
+
+clickhouse-connect's errors are translated here into `StoreQueryError` (the
+server rejected the query: it carries a ClickHouse error code) and
+`StoreUnavailable` (everything else), with the original as the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import Error as ClickHouseDriverError
+
+from services.telemetry.migrations import Migration, apply_migrations
+from services.telemetry.rows import EVENT_COLUMNS, MIN_STORED_TIMESTAMP, event_row
+from shared.events import Envelope
+from shared.store_client import StoreQueryError, StoreUnavailable
+
+T = TypeVar("T")
+
+# UTC columns come back as aware datetimes, so the store API can write them
+# with their offset.
+_TZ_MODE = "aware"
+
+# Before inserting, look for the batch's event ids among rows of the batch's
+# tenants from one day before its earliest event onward. A copy of an event is
+# the same message redelivered (same ts) or a stage publishing again within
+# the request deadline, so one day covers both. The tenant and time bounds
+# let ClickHouse skip older parts and granules through the sorting key.
+_DUPLICATE_LOOKBACK = timedelta(days=1)
+
+_EVENT_ID = EVENT_COLUMNS.index("event_id")
+_TENANT = EVENT_COLUMNS.index("tenant")
+_TS = EVENT_COLUMNS.index("ts")
+
+_STORED_IDS_SQL = """
+SELECT DISTINCT event_id FROM events
+WHERE tenant IN {tenants:Array(String)}
+  AND ts >= {earliest:DateTime64(6, 'UTC')}
+  AND event_id IN {event_ids:Array(String)}
+"""
+
+
+class EventStore:
+    """Inserts events and runs read-only queries. Call `close` when done, because chDB opens one path per process."""
+
+    def __init__(self, writer: Client, reader: Client) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
+        self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-reader")
+        self._closed = False
+
+    @classmethod
+    def open(cls, dsn: str, *, query_max_execution_time_s: int) -> EventStore:
+        """Connect both clients to `dsn` (`chdb:///PATH` or `http://host:8123/db`); raises `StoreUnavailable`."""
+        with _unavailable_on_error("open ClickHouse"):
+            writer = clickhouse_connect.get_client(dsn=dsn, tz_mode=_TZ_MODE)
+        try:
+            with _unavailable_on_error("open the read-only ClickHouse client"):
+                settings = _reader_settings(query_max_execution_time_s)
+                reader = clickhouse_connect.get_client(dsn=dsn, tz_mode=_TZ_MODE, settings=settings)
+        except StoreUnavailable:
+            writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def migrate(self, migrations: list[Migration]) -> list[int]:
+        """Apply the migrations not applied yet; return their versions. Raises `StoreUnavailable`."""
+        with _unavailable_on_error("apply migrations"):
+            return await self._call(self._writer_thread, apply_migrations, self._writer, migrations)
+
+    async def insert_new(self, envelopes: list[Envelope]) -> int:
+        """Insert the envelopes whose event id is not stored yet, in one insert; return how many were inserted.
+
+        Copies within `envelopes` count once. Raises `StoreUnavailable` when
+        the lookup or the insert fails. The batch may then be stored in full
+        or not at all, and inserting it again is safe either way.
+        """
+        rows = _rows_by_event_id(envelopes)
+        if not rows:
+            return 0
+        with _unavailable_on_error("insert events"):
+            stored = await self._call(self._writer_thread, self._stored_ids, list(rows.values()))
+            new_rows = [row for event_id, row in rows.items() if event_id not in stored]
+            if new_rows:
+                await self._call(self._writer_thread, self._insert, new_rows)
+        return len(new_rows)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run `sql` on the read-only client; return column names and rows.
+
+        Raises `StoreQueryError` when ClickHouse rejects the query and
+        `StoreUnavailable` when it cannot run it.
+        """
+        try:
+            result = await self._call(self._reader_thread, self._reader.query, sql, parameters)
+        except ClickHouseDriverError as error:
+            raise _query_error(error) from error
+        return list(result.column_names), list(result.result_rows)
+
+    def close(self) -> None:
+        """Wait for running calls, then close both clients; later calls raise `StoreUnavailable`. Blocks."""
+        self._closed = True
+        for thread in (self._reader_thread, self._writer_thread):
+            thread.shutdown(wait=True, cancel_futures=True)
+        for client in (self._reader, self._writer):
+            client.close()
+
+    async def _call(self, thread: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("the event store is closed; the telemetry service is stopping")
+        return await asyncio.get_running_loop().run_in_executor(thread, functools.partial(function, *args))
+
+    def _insert(self, rows: list[list[Any]]) -> None:
+        self._writer.insert("events", rows, column_names=list(EVENT_COLUMNS))
+
+    def _stored_ids(self, rows: list[list[Any]]) -> set[str]:
+        earliest = max(min(row[_TS] for row in rows) - _DUPLICATE_LOOKBACK, MIN_STORED_TIMESTAMP)
+        parameters = {
+            "tenants": sorted({row[_TENANT] for row in rows}),
+            "earliest": earliest,
+            "event_ids": [row[_EVENT_ID] for row in rows],
+        }
+        result = self._writer.query(_STORED_IDS_SQL, parameters=parameters)
+        return {row[0] for row in result.result_rows}
+
+
+def _rows_by_event_id(envelopes: list[Envelope]) -> dict[str, list[Any]]:
+    # The first copy of an event id in a batch wins; later copies are the same event.
+    rows: dict[str, list[Any]] = {}
+    for envelope in envelopes:
+        if envelope.event_id not in rows:
+            rows[envelope.event_id] = event_row(envelope)
+    return rows
+
+
+def _reader_settings(query_max_execution_time_s: int) -> dict[str, Any]:
+    # `readonly` comes last because once it is set, the session rejects any
+    # other setting change. For the same reason this client sends no
+    # per-query settings.
+    # NOTE: tested with chDB only. Over HTTP, clickhouse-connect sends both
+    # settings with every request; that a server accepts the pair is untested.
+    return {"max_execution_time": query_max_execution_time_s, "readonly": 1}
+
+
+@contextmanager
+def _unavailable_on_error(action: str) -> Iterator[None]:
+    try:
+        yield
+    except ClickHouseDriverError as error:
+        raise StoreUnavailable(f"could not {action}: {error}") from error
+
+
+def _query_error(error: ClickHouseDriverError) -> StoreQueryError | StoreUnavailable:
+    # A ClickHouse error code means the server ran and rejected the query
+    # (syntax, unknown column, read-only, time limit); without one the
+    # request did not reach a working server.
+    if error.code is not None:
+        return StoreQueryError(str(error))
+    return StoreUnavailable(f"ClickHouse could not run the query: {error}")

@@ -1,0 +1,29 @@
+"""Prompt and output screening with llm-guard, configured by the policy file.
+
+Load the policy with `load_policy` (fast, validates the whole file), build
+the chains once at startup with `build_input_chain` / `build_output_chain`
+(slow: imports llm-guard), then call `ScannerChain.scan_async` per text.
+Entry points call `configure_scanner_runtime` before building.
+"""
+
+from shared.scanning.builders import build_input_chain, build_output_chain
+from shared.scanning.chain import ChainResult, PolicyScanner, ScannerChain
+from shared.scanning.errors import PolicyError, ScannerFailed, ScanningError
+from shared.scanning.policy import DEFAULT_REGEX_MAX_MATCH_CHARS, Policy, load_policy, parse_policy
+from shared.scanning.runtime import configure_scanner_runtime
+
+__all__ = [
+    "DEFAULT_REGEX_MAX_MATCH_CHARS",
+    "ChainResult",
+    "Policy",
+    "PolicyError",
+    "PolicyScanner",
+    "ScannerChain",
+    "ScannerFailed",
+    "ScanningError",
+    "build_input_chain",
+    "build_output_chain",
+    "configure_scanner_runtime",
+    "load_policy",
+    "parse_policy",
+]

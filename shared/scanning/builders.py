@@ -1,0 +1,100 @@
+"""Building llm-guard scanners from a validated policy, once per process.
+
+llm-guard takes about 6 s to import (llm-guard 0.3.16 on 2 CPU cores), so it
+is imported here, when the first chain is built at startup, and never on the
+message path. This module is the one place where llm-guard and tiktoken
+construction errors become `PolicyError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from shared.scanning.chain import PolicyScanner, ScanFunction, ScannerChain
+from shared.scanning.errors import PolicyError
+from shared.scanning.policy import BanSubstringsSpec, Policy, RegexSpec, ScannerSpec, TokenLimitSpec
+
+Section = Literal["input", "output"]
+
+_DEFAULT_REASONS = {
+    "InvisibleText": "the text contains invisible Unicode characters (format, private-use or unassigned code points)",
+    "Secrets": "the text contains a secret such as an API key, a token or a private key",
+    "BanSubstrings": "the text contains a banned substring",
+    "Regex": "the text matches a banned pattern",
+    "NoRefusalLight": "the output reads as a refusal",
+}
+
+
+def build_input_chain(policy: Policy) -> ScannerChain:
+    """Build the prompt scanners of `policy`; raises `PolicyError` when one cannot be built."""
+    return _build_chain(policy, "input")
+
+
+def build_output_chain(policy: Policy) -> ScannerChain:
+    """Build the output scanners of `policy`; raises `PolicyError` when one cannot be built."""
+    return _build_chain(policy, "output")
+
+
+def _build_chain(policy: Policy, section: Section) -> ScannerChain:
+    specs = policy.input if section == "input" else policy.output
+    scanners = [_build_scanner(policy.source, section, index, spec) for index, spec in enumerate(specs)]
+    return ScannerChain(scanners)
+
+
+def _build_scanner(source: str, section: Section, index: int, spec: ScannerSpec) -> PolicyScanner:
+    try:
+        scan = _construct(section, spec)
+    # llm-guard and tiktoken raise whatever their dependencies raise (ValueError,
+    # OSError, KeyError, ...); all of them mean this entry cannot be used.
+    except Exception as error:
+        raise PolicyError(
+            f"policy file {source}: {section}[{index}] ({spec.label}) cannot be built: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+    return PolicyScanner(
+        name=spec.label,
+        action=spec.action,
+        reason=spec.reason or _default_reason(spec),
+        scan=scan,
+        max_match_chars=_max_match_chars(spec),
+    )
+
+
+def _construct(section: Section, spec: ScannerSpec) -> ScanFunction:
+    # Importing the package imports every scanner module: this is the slow step.
+    from llm_guard import input_scanners, output_scanners
+
+    options: dict[str, Any] = spec.options.model_dump()
+    if section == "input":
+        return getattr(input_scanners, spec.type)(**options).scan  # type: ignore[no-any-return]
+
+    scanner = getattr(output_scanners, spec.type)(**options)
+    return _output_scan(scanner.scan)
+
+
+def _output_scan(scan: Callable[[str, str], tuple[str, bool, float]]) -> ScanFunction:
+    # Output scanners take (prompt, output). Moderation receives only the
+    # output, and the scanners allowed in the output section ignore the prompt.
+    def scan_output(text: str) -> tuple[str, bool, float]:
+        return scan("", text)
+
+    return scan_output
+
+
+def _default_reason(spec: ScannerSpec) -> str:
+    if isinstance(spec, TokenLimitSpec):
+        return f"the text has {spec.options.limit} tokens or more ({spec.options.encoding_name})"
+    if isinstance(spec, RegexSpec) and not spec.options.is_blocked:
+        return "the text matches none of the allowed patterns"
+    return _DEFAULT_REASONS[spec.type]
+
+
+def _max_match_chars(spec: ScannerSpec) -> int | None:
+    """Return the longest text one match can span, or None when only the whole text can be judged."""
+    if isinstance(spec, BanSubstringsSpec) and not spec.options.contains_all:
+        return max(len(substring) for substring in spec.options.substrings)
+    if isinstance(spec, RegexSpec) and spec.options.is_blocked and spec.options.match_type != "fullmatch":
+        return spec.max_match_chars
+    return None

@@ -1,0 +1,107 @@
+"""A private nats-server, the real model server, and helpers to run the inference service and read what it publishes.
+
+The nats-server is private because the CHUNKS stream is a work queue: only
+its durable `moderation` consumer may read it, and these tests read chunks
+through that consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from shared.bus import ensure_jetstream
+from shared.embedded.infrastructure import free_port, start_nats
+from shared.settings import REPO_ROOT
+from tests.inference.scripted_tgi import ScriptedServer
+
+HOST = "127.0.0.1"
+MODEL_SERVER_PACKAGE = REPO_ROOT / "services" / "model_server" / "__main__.py"
+# Loading torch, transformers and the model takes 5 to 15 s on two cores.
+MODEL_SERVER_START_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="package")
+def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory: Path = tmp_path_factory.mktemp("inference-nats")
+    server = start_nats(HOST, free_port(), directory, directory / "logs")
+    yield f"nats://{HOST}:{server.port}"
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def model_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start `python -m services.model_server` on a free port and wait for `GET /health`."""
+    if not MODEL_SERVER_PACKAGE.exists():
+        pytest.skip(f"the model server is not written yet: {MODEL_SERVER_PACKAGE} does not exist")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("model-server") / "model-server.log"
+    env = {**os.environ, "SLUICE_MODEL_SERVER_PORT": str(port), "SLUICE_HOST": HOST, "HF_HUB_OFFLINE": "1"}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.model_server"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://{HOST}:{port}"
+    try:
+        _wait_for_health(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_health(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + MODEL_SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the model server exited with code {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the model server did not answer {url}/health within {MODEL_SERVER_START_TIMEOUT_S} s; see {log_path}")
+
+
+@pytest.fixture(scope="package")
+async def jetstream(bus_url: str) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(bus_url)
+    js = client.jetstream()
+    # Tests publish before the service starts, so the topology must exist first.
+    await ensure_jetstream(js)
+    yield js
+    await client.close()
+
+
+@pytest.fixture(scope="package")
+async def scripted_tgi() -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def scripted(scripted_tgi: ScriptedServer) -> ScriptedServer:
+    """The scripted server, reset to stream a short successful completion."""
+    scripted_tgi.reset()
+    return scripted_tgi

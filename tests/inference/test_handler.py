@@ -1,0 +1,382 @@
+"""The inference service on real nats-server and redis-server: completion, redelivery, expiry and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import nats.errors
+import pytest
+import redis.asyncio as redis
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+
+from services.inference import handler as handler_module
+from services.inference.app import MAX_CONCURRENT_REQUESTS
+from services.inference.generation import FIRST_RETRY_DELAY_S, RETRY_DELAY_FACTOR
+from shared.bus import consumer_config, ensure_jetstream
+from shared.events import (
+    AssignedPayload,
+    ChatMessage,
+    Envelope,
+    EventType,
+    GenerationParams,
+    RequestSpec,
+    VariantSpec,
+    decode_envelope,
+    new_envelope,
+    utc_now,
+)
+from shared.release_log import ReleaseLog
+from shared.subjects import (
+    CHUNKS_STREAM,
+    EVENTS_STREAM,
+    EVENTS_SUBJECT_PREFIX,
+    INFERENCE_CONSUMER,
+    MODERATION_CONSUMER,
+    event_subject,
+)
+from tests.inference.harness import running_inference, write_backends
+from tests.inference.scripted_tgi import GOOD_EVENTS, ScriptedServer, chunk, error, stream
+
+pytestmark = [pytest.mark.nats, pytest.mark.redis]
+
+WAIT_S = 60.0
+TENANT = "acme"
+
+
+def _assigned(backend: str = "embedded", deadline_in_s: float = 120.0, max_new_tokens: int = 24) -> Envelope:
+    request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow, my lord.")], user_id="alice")
+    variant = VariantSpec(key="control", backend=backend, params=GenerationParams(temperature=0.8, max_new_tokens=max_new_tokens))
+    payload = AssignedPayload(request=request, experiment_key="sampling", variant=variant, hash_value=0.25, hash_attribute="user_id")
+    return new_envelope(
+        EventType.ASSIGNED,
+        request_id=str(uuid.uuid4()),
+        tenant=TENANT,
+        payload=payload,
+        deadline=utc_now() + timedelta(seconds=deadline_in_s),
+    )
+
+
+async def _publish(jetstream: JetStreamContext, envelope: Envelope) -> None:
+    await jetstream.publish(
+        event_subject(envelope.type), envelope.model_dump_json().encode(), headers={"Nats-Msg-Id": envelope.event_id}
+    )
+
+
+async def _wait_for(jetstream: JetStreamContext, event_type: EventType, request_id: str) -> Envelope:
+    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while True:
+            msg = await subscription.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            envelope = decode_envelope(msg.data)
+            if envelope.request_id == request_id:
+                return envelope
+    finally:
+        await subscription.unsubscribe()
+
+
+async def _events_of(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
+    """Return every EVENTS message of the request published so far."""
+    subscription = await jetstream.subscribe(f"{EVENTS_SUBJECT_PREFIX}.>", ordered_consumer=True)
+    found: list[Envelope] = []
+    try:
+        while True:
+            envelope = decode_envelope((await subscription.next_msg(timeout=0.5)).data)
+            if envelope.request_id == request_id:
+                found.append(envelope)
+    except nats.errors.TimeoutError:
+        return found
+    finally:
+        await subscription.unsubscribe()
+
+
+async def _chunk_messages(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
+    """Read the request's CHUNKS messages through the moderation consumer, up to and including generation.end."""
+    subscription = await jetstream.pull_subscribe_bind(MODERATION_CONSUMER.durable, stream=CHUNKS_STREAM)
+    found: list[Envelope] = []
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while not found or found[-1].type is not EventType.END:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no generation.end for request {request_id} within {WAIT_S} s")
+            try:
+                batch = await subscription.fetch(64, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in batch:
+                await msg.ack()
+                envelope = decode_envelope(msg.data)
+                if envelope.request_id == request_id:
+                    found.append(envelope)
+    finally:
+        await subscription.unsubscribe()
+    return found
+
+
+async def _deliver_once_without_ack(jetstream: JetStreamContext, request_id: str) -> None:
+    """Take the request's message from the inference consumer and nak it, so its next delivery is attempt 2."""
+    subscription = await jetstream.pull_subscribe_bind(INFERENCE_CONSUMER.durable, stream=EVENTS_STREAM)
+    try:
+        while True:
+            for msg in await subscription.fetch(16, timeout=5.0):
+                await msg.nak()
+                if decode_envelope(msg.data).request_id == request_id:
+                    return
+    finally:
+        await subscription.unsubscribe()
+
+
+@pytest.fixture
+def backends_file(tmp_path: Path, model_server_url: str, scripted: ScriptedServer) -> Path:
+    return write_backends(tmp_path, model_server_url, scripted.url)
+
+
+@pytest.fixture
+def offline_backends_file(tmp_path: Path, scripted: ScriptedServer) -> Path:
+    """A backends file for tests that never reach the real model server."""
+    return write_backends(tmp_path, "http://127.0.0.1:9", scripted.url)
+
+
+async def test_chunks_concatenate_to_completed(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, backends_file: Path
+) -> None:
+    assigned = _assigned()
+
+    async with running_inference(bus_url, redis_url, backends_file):
+        await _publish(jetstream, assigned)
+        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+        first_token = await _wait_for(jetstream, EventType.FIRST_TOKEN, assigned.request_id)
+    chunks = await _chunk_messages(jetstream, assigned.request_id)
+
+    completed_payload = completed.parsed_payload()
+    chunk_payloads = [chunk.parsed_payload() for chunk in chunks[:-1]]
+    end_payload = chunks[-1].parsed_payload()
+    assert completed_payload.text
+    assert "".join(chunk.text for chunk in chunk_payloads) == completed_payload.text
+    assert [chunk.seq for chunk in chunk_payloads] == list(range(len(chunk_payloads)))
+    assert {chunk.attempt for chunk in chunk_payloads} == {1}
+    assert completed_payload.attempt == 1
+    assert completed_payload.variant_key == "control"
+    assert completed_payload.usage.completion_tokens > 0
+    assert completed_payload.usage.completion_tokens <= 24
+    assert end_payload.finish_reason == completed_payload.finish_reason
+    assert end_payload.error_code is None
+    assert first_token.parsed_payload().backend_ttft_ms > 0
+    assert first_token.parsed_payload().backend_ttft_ms <= completed_payload.generation_ms
+
+
+async def test_redelivery_after_release_interrupted(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+) -> None:
+    assigned = _assigned()
+    client = redis.from_url(redis_url)
+    await ReleaseLog(client, 60).append_chunk(TENANT, assigned.request_id, 0, "Good")
+    await client.aclose()
+
+    await _publish(jetstream, assigned)
+    await _deliver_once_without_ack(jetstream, assigned.request_id)
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+    chunks = await _chunk_messages(jetstream, assigned.request_id)
+
+    payload = failed.parsed_payload()
+    assert payload.stage == "inference"
+    assert payload.error_code == "interrupted"
+    assert [chunk.type for chunk in chunks] == [EventType.END]
+    assert chunks[0].parsed_payload().attempt == 2
+    assert chunks[0].parsed_payload().error_code == "interrupted"
+    assert EventType.COMPLETED not in {event.type for event in await _events_of(jetstream, assigned.request_id)}
+
+
+async def test_redelivery_without_release_regenerates(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, backends_file: Path
+) -> None:
+    assigned = _assigned()
+
+    await _publish(jetstream, assigned)
+    await _deliver_once_without_ack(jetstream, assigned.request_id)
+    async with running_inference(bus_url, redis_url, backends_file):
+        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+    chunks = await _chunk_messages(jetstream, assigned.request_id)
+
+    assert completed.parsed_payload().attempt == 2
+    assert {chunk.parsed_payload().attempt for chunk in chunks} == {2}
+
+
+async def test_unreachable_backend_fails_after_retries(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+) -> None:
+    assigned = _assigned(backend="unreachable")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        started = time.monotonic()
+        await _publish(jetstream, assigned)
+        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        elapsed_s = time.monotonic() - started
+    chunks = await _chunk_messages(jetstream, assigned.request_id)
+
+    payload = failed.parsed_payload()
+    assert payload.stage == "inference"
+    assert payload.error_code == "backend_unavailable"
+    # Two waits between three tries: 0.5 s, then 1 s.
+    assert elapsed_s >= FIRST_RETRY_DELAY_S * (1 + RETRY_DELAY_FACTOR)
+    assert [chunk.type for chunk in chunks] == [EventType.END]
+    assert chunks[0].parsed_payload().error_code == "backend_unavailable"
+    assert EventType.FIRST_TOKEN not in {event.type for event in await _events_of(jetstream, assigned.request_id)}
+
+
+async def test_backend_retry_then_completes(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path, scripted: ScriptedServer
+) -> None:
+    scripted.reset(error(503, "overloaded"), stream(GOOD_EVENTS))
+    assigned = _assigned(backend="scripted")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _publish(jetstream, assigned)
+        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+
+    payload = completed.parsed_payload()
+    assert payload.text == "Good morrow"
+    assert payload.finish_reason == "length"
+    assert payload.usage.completion_tokens == 2
+    assert len(scripted.bodies) == 2
+    assert scripted.bodies[1]["temperature"] == 0.8
+    assert scripted.bodies[1]["max_tokens"] == 24
+
+
+async def test_rejected_request_not_retried(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path, scripted: ScriptedServer
+) -> None:
+    scripted.reset(error(422, "validation"))
+    assigned = _assigned(backend="scripted")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _publish(jetstream, assigned)
+        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+
+    assert failed.parsed_payload().error_code == "backend_rejected"
+    assert len(scripted.bodies) == 1
+
+
+async def test_break_after_chunks_fails_broken(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path, scripted: ScriptedServer
+) -> None:
+    scripted.reset(stream([chunk("Good "), {"error": "scripted failure", "error_type": "generation"}]))
+    assigned = _assigned(backend="scripted")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _publish(jetstream, assigned)
+        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        await _wait_for(jetstream, EventType.FIRST_TOKEN, assigned.request_id)
+    chunks = await _chunk_messages(jetstream, assigned.request_id)
+
+    assert failed.parsed_payload().error_code == "stream_broken"
+    assert len(scripted.bodies) == 1
+    assert [chunk.type for chunk in chunks] == [EventType.CHUNK, EventType.END]
+    assert chunks[0].parsed_payload().text == "Good "
+    assert chunks[1].parsed_payload().error_code == "stream_broken"
+    assert EventType.COMPLETED not in {event.type for event in await _events_of(jetstream, assigned.request_id)}
+
+
+async def test_unknown_backend_fails(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+) -> None:
+    assigned = _assigned(backend="gpu-pool")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _publish(jetstream, assigned)
+        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+
+    assert failed.parsed_payload().error_code == "backend_not_configured"
+    assert "gpu-pool" in failed.parsed_payload().message
+
+
+async def test_expired_request_published_expired(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+) -> None:
+    assigned = _assigned(deadline_in_s=-1.0)
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _publish(jetstream, assigned)
+        expired = await _wait_for(jetstream, EventType.EXPIRED, assigned.request_id)
+
+    assert expired.parsed_payload().stage == "inference"
+    assert expired.parsed_payload().deadline == assigned.deadline
+
+
+async def test_malformed_message_terminated(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+) -> None:
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        ack = await jetstream.publish(event_subject(EventType.ASSIGNED), b'{"event_id": "x"}')
+        info = await _wait_until_settled(jetstream, ack.seq)
+
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
+
+
+async def _wait_until_settled(jetstream: JetStreamContext, stream_sequence: int) -> ConsumerInfo:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        info = await jetstream.consumer_info(EVENTS_STREAM, INFERENCE_CONSUMER.durable)
+        if info.ack_floor.stream_seq >= stream_sequence:
+            return info
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the inference consumer did not settle stream sequence {stream_sequence}")
+
+
+async def test_long_generation_keeps_message(
+    jetstream: JetStreamContext,
+    bus_url: str,
+    redis_url: str,
+    offline_backends_file: Path,
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Generation takes 3 s against an ack_wait of 1 s: only the in-progress reports keep the message.
+    monkeypatch.setattr(handler_module, "IN_PROGRESS_INTERVAL_S", 0.3)
+    scripted.reset(stream([chunk(f"word{index} ") for index in range(5)] + [chunk("end", "length")], delay_s=0.5))
+    assigned = _assigned(backend="scripted")
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        await _set_inference_ack_wait(jetstream, 1.0)
+        try:
+            await _publish(jetstream, assigned)
+            completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+        finally:
+            await ensure_jetstream(jetstream)
+    info = await jetstream.consumer_info(EVENTS_STREAM, INFERENCE_CONSUMER.durable)
+
+    assert completed.parsed_payload().attempt == 1
+    assert completed.parsed_payload().text == "word0 word1 word2 word3 word4 end"
+    assert info.num_redelivered == 0
+    assert len(scripted.bodies) == 1
+
+
+async def _set_inference_ack_wait(jetstream: JetStreamContext, ack_wait_s: float) -> None:
+    config = consumer_config(INFERENCE_CONSUMER)
+    config.ack_wait = ack_wait_s
+    await jetstream.add_consumer(EVENTS_STREAM, config)
+
+
+async def test_requests_generate_concurrently(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path, scripted: ScriptedServer
+) -> None:
+    # Each stream takes 1 s, so four one after another would take at least 4 s.
+    scripted.reset(stream([chunk("Good "), chunk("morrow", "length")], delay_s=0.5))
+    requests = [_assigned(backend="scripted") for _ in range(MAX_CONCURRENT_REQUESTS)]
+
+    async with running_inference(bus_url, redis_url, offline_backends_file):
+        started = time.monotonic()
+        for assigned in requests:
+            await _publish(jetstream, assigned)
+        for assigned in requests:
+            await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+        elapsed_s = time.monotonic() - started
+
+    assert elapsed_s < 3.0

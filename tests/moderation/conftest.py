@@ -1,0 +1,23 @@
+"""The test output policy as a chain and as a file, shared by the moderation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.scanning import ScannerChain, build_output_chain, parse_policy
+from tests.moderation.support import OUTPUT_POLICY
+
+
+@pytest.fixture(scope="session")
+def output_chain() -> ScannerChain:
+    return build_output_chain(parse_policy(OUTPUT_POLICY, source="moderation-test-policy"))
+
+
+@pytest.fixture(scope="session")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("moderation-policy") / "policy.yaml"
+    path.write_text(yaml.safe_dump(OUTPUT_POLICY), encoding="utf-8")
+    return path

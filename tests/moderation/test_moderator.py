@@ -1,0 +1,337 @@
+"""The moderator on real redis-server and nats-server: release log contents and events per outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+import redis.asyncio as redis
+from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+
+from services.moderation.moderator import (
+    CHUNK_MISSING,
+    INTERRUPTED,
+    MAX_EARLY_DELIVERIES,
+    STATE_LOST,
+    Disposition,
+    Moderator,
+)
+from services.moderation.sink import DeliveryFailed, OutputSink
+from services.moderation.stream import StreamTable
+from shared.bus import EventPublisher, ensure_jetstream, make_broker
+from shared.events import EventType, Verdict
+from shared.release_log import ReleaseLog
+from shared.scanning import ScannerChain
+from tests.moderation.support import (
+    chunk,
+    end,
+    events_of,
+    final_entry,
+    new_request_id,
+    released_chunks,
+)
+
+pytestmark = [pytest.mark.nats, pytest.mark.redis]
+
+# Far longer than any test, so no stream is evicted while a test runs.
+IDLE_TIMEOUT_S = 600.0
+
+
+@pytest.fixture(scope="module")
+async def broker(nats_url: str) -> AsyncIterator[NatsBroker]:
+    broker = make_broker(nats_url)
+    connection = await broker.connect()
+    await ensure_jetstream(connection.jetstream())
+    yield broker
+    await broker.stop()
+
+
+@pytest.fixture(scope="module")
+async def jetstream(nats_url: str, broker: NatsBroker) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(nats_url)
+    yield client.jetstream()
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+async def release_log(redis_url: str) -> AsyncIterator[ReleaseLog]:
+    client = redis.from_url(redis_url)
+    yield ReleaseLog(client, ttl_s=600)
+    await client.aclose()
+
+
+@pytest.fixture
+def table() -> StreamTable:
+    return StreamTable(idle_timeout_s=IDLE_TIMEOUT_S)
+
+
+@pytest.fixture
+def moderator(output_chain: ScannerChain, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable) -> Moderator:
+    return Moderator(output_chain, OutputSink(release_log, EventPublisher(broker)), table)
+
+
+async def _stream(moderator: Moderator, request_id: str, texts: list[str], attempt: int = 1) -> None:
+    for seq, text in enumerate(texts):
+        assert await moderator.handle_chunk(*chunk(request_id, seq, text, attempt), deliveries=1) is Disposition.ACK
+
+
+CLEAN_OUTPUT = ["To be, or not ", "to be, that is ", "the question: ", "whether 'tis nobler ", "in the mind"]
+
+
+async def test_clean_output_released_whole(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, CLEAN_OUTPUT)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+
+    chunks = await released_chunks(release_log, request_id)
+    assert [entry["seq"] for entry in chunks] == list(range(len(chunks)))
+    assert "".join(str(entry["text"]) for entry in chunks) == "".join(CLEAN_OUTPUT)
+
+
+async def test_clean_output_final_completed(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, CLEAN_OUTPUT)
+    await moderator.handle_end(*end(request_id, finish_reason="eos_token"), deliveries=1)
+
+    assert await final_entry(release_log, request_id) == {
+        "type": "final",
+        "status": "completed",
+        "finish_reason": "eos_token",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 12},
+    }
+
+
+async def test_clean_output_events_published(moderator: Moderator, jetstream: JetStreamContext, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, CLEAN_OUTPUT)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+
+    events = await events_of(jetstream, request_id)
+    moderated = events[EventType.MODERATED][0].parsed_payload()
+    delivered = events[EventType.DELIVERED][0].parsed_payload()
+    assert moderated.verdict is Verdict.PASSED
+    assert [result.scanner for result in moderated.scanners] == ["BanSubstrings", "AwsAccessKey", "NoRefusalLight"]
+    assert delivered.text == "".join(CLEAN_OUTPUT)
+    assert delivered.chunks == len(await released_chunks(release_log, request_id))
+    assert delivered.finish_reason == "length"
+    assert delivered.usage.completion_tokens == 12
+
+
+async def test_text_held_until_end(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, ["short reply"])
+
+    assert await released_chunks(release_log, request_id) == []
+
+
+async def test_split_banned_string_blocks(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+    opening = "A perfectly ordinary sentence to start with, and then "
+
+    await _stream(moderator, request_id, [opening + "DAN Mo", "de enabled! I am free."])
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == opening[: len(opening) + len("DAN Mo") - moderator.holdback_chars]
+    assert await final_entry(release_log, request_id) == {
+        "type": "final",
+        "status": "blocked",
+        "stage": "output",
+        "blocked_by": "BanSubstrings",
+        "reason": "the text contains a banned substring",
+        "finish_reason": "moderation",
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+    }
+
+
+async def test_blocked_output_events(moderator: Moderator, jetstream: JetStreamContext, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, ["Here it is: AKIAIOSF", "ODNN7EXAMPLE"])
+
+    events = await events_of(jetstream, request_id)
+    moderated = events[EventType.MODERATED][0].parsed_payload()
+    delivered = events[EventType.DELIVERED][0].parsed_payload()
+    assert moderated.verdict is Verdict.BLOCKED
+    assert moderated.blocked_by == "AwsAccessKey"
+    assert delivered.finish_reason == "moderation"
+    assert delivered.text == ""
+    assert delivered.chunks == 0
+
+
+async def test_chunks_after_block_ignored(moderator: Moderator, release_log: ReleaseLog, table: StreamTable) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, ["xyzzy"])
+
+    await moderator.handle_chunk(*chunk(request_id, 1, "and a great deal more text after the block"), deliveries=1)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+
+    assert await released_chunks(release_log, request_id) == []
+    assert len(table) == 0
+
+
+async def test_new_attempt_discards_held(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, ["first try, held"], attempt=1)
+
+    await _stream(moderator, request_id, CLEAN_OUTPUT, attempt=2)
+    await moderator.handle_end(*end(request_id, attempt=2), deliveries=1)
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == "".join(CLEAN_OUTPUT)
+
+
+async def test_earlier_attempt_ignored(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, CLEAN_OUTPUT, attempt=2)
+
+    await moderator.handle_chunk(*chunk(request_id, 5, " stale words from attempt one", attempt=1), deliveries=1)
+    await moderator.handle_end(*end(request_id, attempt=2), deliveries=1)
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == "".join(CLEAN_OUTPUT)
+
+
+async def test_new_attempt_after_release_fails(moderator: Moderator, release_log: ReleaseLog, jetstream: JetStreamContext) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, CLEAN_OUTPUT, attempt=1)
+
+    await moderator.handle_chunk(*chunk(request_id, 0, "A second answer", attempt=2), deliveries=1)
+
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["status"] == "failed"
+    assert final["error_code"] == INTERRUPTED
+    failed = (await events_of(jetstream, request_id))[EventType.FAILED][0].parsed_payload()
+    assert failed.stage == "moderation"
+    assert failed.error_code == INTERRUPTED
+
+
+async def test_redelivered_chunk_not_doubled(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    for seq in (0, 0, 1, 1, 2, 3, 4):
+        await moderator.handle_chunk(*chunk(request_id, seq, CLEAN_OUTPUT[seq]), deliveries=1)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+    await moderator.handle_end(*end(request_id), deliveries=2)
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == "".join(CLEAN_OUTPUT)
+
+
+async def test_generation_error_final_failed(moderator: Moderator, release_log: ReleaseLog, jetstream: JetStreamContext) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, ["partial"])
+
+    await moderator.handle_end(*end(request_id, error_code="stream_broken"), deliveries=1)
+
+    assert await final_entry(release_log, request_id) == {
+        "type": "final",
+        "status": "failed",
+        "error_code": "stream_broken",
+        "message": "backend said stream_broken",
+    }
+    assert await events_of(jetstream, request_id) == {}
+
+
+async def test_chunk_without_predecessors_fails(moderator: Moderator, release_log: ReleaseLog, jetstream: JetStreamContext) -> None:
+    request_id = new_request_id()
+
+    await moderator.handle_chunk(*chunk(request_id, 3, "middle of something"), deliveries=1)
+
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["error_code"] == STATE_LOST
+    assert EventType.FAILED in await events_of(jetstream, request_id)
+
+
+async def test_refusal_flagged_not_blocked(moderator: Moderator, jetstream: JetStreamContext, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, ["I'm sorry, but I cannot help with that."])
+    await moderator.handle_end(*end(request_id), deliveries=1)
+
+    moderated = (await events_of(jetstream, request_id))[EventType.MODERATED][0].parsed_payload()
+    assert moderated.verdict is Verdict.PASSED
+    assert [result.scanner for result in moderated.scanners if not result.valid] == ["NoRefusalLight"]
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["status"] == "completed"
+
+
+async def test_empty_output_completes(moderator: Moderator, release_log: ReleaseLog, jetstream: JetStreamContext) -> None:
+    request_id = new_request_id()
+
+    await moderator.handle_end(*end(request_id, completion_tokens=0), deliveries=1)
+
+    delivered = (await events_of(jetstream, request_id))[EventType.DELIVERED][0].parsed_payload()
+    assert delivered.text == ""
+    assert delivered.chunks == 0
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["status"] == "completed"
+
+
+async def test_early_chunk_waits(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, CLEAN_OUTPUT[:1])
+
+    assert await moderator.handle_chunk(*chunk(request_id, 2, CLEAN_OUTPUT[2]), deliveries=1) is Disposition.RETRY
+    assert await moderator.handle_end(*end(request_id), deliveries=1) is Disposition.RETRY
+    await moderator.handle_chunk(*chunk(request_id, 1, CLEAN_OUTPUT[1]), deliveries=2)
+    await moderator.handle_chunk(*chunk(request_id, 2, CLEAN_OUTPUT[2]), deliveries=2)
+    assert await moderator.handle_end(*end(request_id), deliveries=2) is Disposition.ACK
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == "".join(CLEAN_OUTPUT[:3])
+
+
+async def test_missing_chunk_fails_eventually(moderator: Moderator, release_log: ReleaseLog) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, CLEAN_OUTPUT[:1])
+
+    disposition = await moderator.handle_chunk(*chunk(request_id, 2, CLEAN_OUTPUT[2]), deliveries=MAX_EARLY_DELIVERIES)
+
+    assert disposition is Disposition.ACK
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["error_code"] == CHUNK_MISSING
+
+
+async def test_failed_write_released_once(
+    output_chain: ScannerChain, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
+) -> None:
+    request_id = new_request_id()
+    unreachable = redis.from_url("redis://127.0.0.1:9/0")
+    broken = Moderator(output_chain, OutputSink(ReleaseLog(unreachable, ttl_s=600), EventPublisher(broker)), table)
+
+    with pytest.raises(DeliveryFailed):
+        await broken.handle_chunk(*chunk(request_id, 0, CLEAN_OUTPUT[0] * 3), deliveries=1)
+    await unreachable.aclose()
+    # The redelivered chunk reaches a moderator whose Redis works; the table is the same process state.
+    await moderator.handle_chunk(*chunk(request_id, 0, CLEAN_OUTPUT[0] * 3), deliveries=2)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+
+    released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
+    assert released == CLEAN_OUTPUT[0] * 3
+
+
+async def test_late_end_after_restart_harmless(
+    output_chain: ScannerChain, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, jetstream: JetStreamContext
+) -> None:
+    request_id = new_request_id()
+    await _stream(moderator, request_id, CLEAN_OUTPUT)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+    restarted = Moderator(output_chain, OutputSink(release_log, EventPublisher(broker)), StreamTable(IDLE_TIMEOUT_S))
+
+    await restarted.handle_end(*end(request_id), deliveries=2)
+
+    final = await final_entry(release_log, request_id)
+    assert final is not None
+    assert final["status"] == "completed"
+    assert EventType.FAILED not in await events_of(jetstream, request_id)
