@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -19,7 +20,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks,
+        # Frame locals would copy message payloads, prompts among them, into the log.
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
     ]
     structlog.configure(
         processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -47,6 +49,21 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     faststream_logger.handlers.clear()
     faststream_logger.propagate = True
     faststream_logger.setLevel(max(numeric_level, logging.WARNING))
+    faststream_logger.addFilter(_demote_idle_fetch_timeout)
+
+
+def _demote_idle_fetch_timeout(record: logging.LogRecord) -> bool:
+    """Log FastStream's restart of a pull loop after an idle fetch timeout at debug, not error.
+
+    NOTE: nats-py 2.16 raises the builtin TimeoutError when a pull request
+    expires exactly at its deadline, and FastStream 0.7.8 catches only
+    `nats.errors.TimeoutError`, so its supervisor logs an error and restarts
+    the loop. Nothing is lost: the fetch had returned no message.
+    """
+    if record.exc_info and record.exc_info[0] is TimeoutError:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("faststream").isEnabledFor(logging.DEBUG)
+    return True
 
 
 def _add_service(service: str) -> structlog.types.Processor:

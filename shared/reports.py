@@ -21,6 +21,8 @@ CLOCK_SKEW_MARGIN = timedelta(minutes=5)
 
 # The scanner reported for a blocked request whose event names none.
 UNSPECIFIED_SCANNER = "unspecified"
+# The error code reported for a failed request whose event names none.
+UNSPECIFIED_ERROR_CODE = "unspecified"
 
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -41,6 +43,7 @@ per_request AS (
         minIfOrNull(ts, type = 'output.delivered') AS delivered_at,
         anyIf(finish_reason, type = 'output.delivered') AS delivered_finish_reason,
         countIf(type = 'request.failed') > 0 AS failed,
+        anyIf(error_code, type = 'request.failed') AS failed_error_code,
         countIf(type = 'request.expired') > 0 AS expired
     FROM (
         SELECT
@@ -49,7 +52,8 @@ per_request AS (
             ts,
             JSONExtractString(payload, 'verdict') AS verdict,
             JSONExtractString(payload, 'blocked_by') AS blocked_by,
-            JSONExtractString(payload, 'finish_reason') AS finish_reason
+            JSONExtractString(payload, 'finish_reason') AS finish_reason,
+            JSONExtractString(payload, 'error_code') AS error_code
         FROM events FINAL
         WHERE tenant = {{tenant:String}}{window}
     )
@@ -58,10 +62,11 @@ per_request AS (
 )
 """
 
-# Each request lands in exactly one outcome, checked in this order.
+# Each request lands in exactly one outcome, checked in this order. `cause`
+# is the blocking scanner of a blocked request and the error code of a failed one.
 _OUTCOMES_SQL = """
 WITH {per_request}
-SELECT outcome, scanner, count() AS requests
+SELECT outcome, cause, count() AS requests
 FROM (
     SELECT
         input_blocked_at IS NOT NULL OR output_blocked OR delivered_finish_reason = 'moderation' AS blocked,
@@ -73,14 +78,15 @@ FROM (
             'in_progress'
         ) AS outcome,
         multiIf(
-            NOT blocked, '',
-            input_blocked_at IS NOT NULL, input_blocked_by,
-            output_blocked_by
-        ) AS scanner
+            blocked AND input_blocked_at IS NOT NULL, input_blocked_by,
+            blocked, output_blocked_by,
+            outcome = 'failed', failed_error_code,
+            ''
+        ) AS cause
     FROM per_request
 )
-GROUP BY outcome, scanner
-ORDER BY outcome, scanner
+GROUP BY outcome, cause
+ORDER BY outcome, cause
 """
 
 # Percentiles interpolate linearly between samples, as numpy.percentile does
@@ -144,14 +150,17 @@ def _parameter_time(moment: datetime) -> str:
 
 def _summary_from_outcomes(rows: list[list[Any]]) -> TrafficSummary:
     summary = TrafficSummary()
-    for outcome, scanner, count in rows:
+    for outcome, cause, count in rows:
         summary.requests += count
         if outcome == "blocked":
-            name = scanner or UNSPECIFIED_SCANNER
+            name = cause or UNSPECIFIED_SCANNER
             summary.blocked_by[name] = summary.blocked_by.get(name, 0) + count
-        else:
-            # The other outcomes are named as TrafficSummary's count fields.
-            setattr(summary, outcome, getattr(summary, outcome) + count)
+            continue
+        if outcome == "failed":
+            code = cause or UNSPECIFIED_ERROR_CODE
+            summary.failed_by[code] = summary.failed_by.get(code, 0) + count
+        # The outcomes other than blocked are named as TrafficSummary's count fields.
+        setattr(summary, outcome, getattr(summary, outcome) + count)
     return summary
 
 

@@ -40,6 +40,20 @@ def _settings(tmp_path: Path, experiments: str = EXPERIMENTS_YAML, backends: str
     )
 
 
+def _edited(old: str, new: str) -> str:
+    """Return `EXPERIMENTS_YAML` with `old` replaced by `new`. Fails the test when `old` does not occur in it."""
+    assert old in EXPERIMENTS_YAML, f"{old!r} does not occur in EXPERIMENTS_YAML"
+    return EXPERIMENTS_YAML.replace(old, new)
+
+
+def _experiments_error(tmp_path: Path, text: str) -> str:
+    """Load `text` as experiments.yaml and return the `ConfigError` message. Fails the test when loading succeeds."""
+    path = _write(tmp_path, "e.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_experiments(path, {})
+    return str(caught.value)
+
+
 def test_shipped_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLUICE_MODEL_SERVER_URL", raising=False)
 
@@ -98,25 +112,6 @@ def test_unknown_kind_rejected(tmp_path: Path) -> None:
     assert "'tgi'" in str(caught.value)
 
 
-def test_coverage_above_one_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("  - key: sampling\n", "  - key: sampling\n    coverage: 1.5\n"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "experiments.0.coverage = 1.5" in str(caught.value)
-    assert "less than or equal to 1" in str(caught.value)
-
-
-def test_hash_version_three_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("  - key: sampling\n", "  - key: sampling\n    hash_version: 3\n"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "experiments.0.hash_version = 3" in str(caught.value)
-
-
 def test_seed_defaults_to_key(tmp_path: Path) -> None:
     experiments = load_experiments(_write(tmp_path, "e.yaml", EXPERIMENTS_YAML), {})
 
@@ -124,50 +119,59 @@ def test_seed_defaults_to_key(tmp_path: Path) -> None:
     assert experiments.experiments[0].hash_version == 2
 
 
-def test_weights_not_summing_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("{key: control, weight: 0.5", "{key: control, weight: 0.3"))
+# Each case edits EXPERIMENTS_YAML (old text, new text) and lists fragments the error message must contain.
+INVALID_EXPERIMENT_CASES = [
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    coverage: 1.5\n",
+        ["experiments.0.coverage = 1.5", "less than or equal to 1"],
+        id="coverage-above-one",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    hash_version: 3\n",
+        ["experiments.0.hash_version = 3"],
+        id="hash-version-three",
+    ),
+    pytest.param(
+        "{key: control, weight: 0.5",
+        "{key: control, weight: 0.3",
+        ["experiments.0.variants", "weights sum to 0.8"],
+        id="weights-not-summing",
+    ),
+    pytest.param(
+        "{key: cooler, weight: 0.5,",
+        "{key: cooler,",
+        ["set weight on every variant or on none"],
+        id="partial-weights",
+    ),
+    pytest.param(
+        "key: cooler",
+        "key: control",
+        ["variant key 'control' appears more than once"],
+        id="duplicate-variant",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    weights: [0.5, 0.5]\n",
+        ["experiments.0.weights"],
+        id="unknown-field",
+    ),
+    pytest.param(
+        "temperature: 0.8",
+        "temperature: 3.0",
+        ["experiments.0.variants.0.params.temperature = 3.0"],
+        id="invalid-variant-params",
+    ),
+]
 
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
 
-    assert "experiments.0.variants" in str(caught.value)
-    assert "weights sum to 0.8" in str(caught.value)
+@pytest.mark.parametrize(("old", "new", "fragments"), INVALID_EXPERIMENT_CASES)
+def test_invalid_experiment_rejected(tmp_path: Path, old: str, new: str, fragments: list[str]) -> None:
+    message = _experiments_error(tmp_path, _edited(old, new))
 
-
-def test_partial_weights_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("{key: cooler, weight: 0.5,", "{key: cooler,"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "set weight on every variant or on none" in str(caught.value)
-
-
-def test_duplicate_variant_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("key: cooler", "key: control"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "variant key 'control' appears more than once" in str(caught.value)
-
-
-def test_unknown_field_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("  - key: sampling\n", "  - key: sampling\n    weights: [0.5, 0.5]\n"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "experiments.0.weights" in str(caught.value)
-
-
-def test_invalid_variant_params_rejected(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", EXPERIMENTS_YAML.replace("temperature: 0.8", "temperature: 3.0"))
-
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "experiments.0.variants.0.params.temperature = 3.0" in str(caught.value)
+    for fragment in fragments:
+        assert fragment in message
 
 
 def test_unknown_backend_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,9 +194,6 @@ def test_missing_file_named(tmp_path: Path) -> None:
 
 
 def test_invalid_yaml_named(tmp_path: Path) -> None:
-    path = _write(tmp_path, "e.yaml", "experiments: [unclosed\n")
+    message = _experiments_error(tmp_path, "experiments: [unclosed\n")
 
-    with pytest.raises(ConfigError) as caught:
-        load_experiments(path, {})
-
-    assert "invalid YAML" in str(caught.value)
+    assert "invalid YAML" in message

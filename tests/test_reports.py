@@ -169,6 +169,7 @@ async def test_summary_counts_each_outcome(broker: NatsBroker, nats_client: Nats
     assert summary.completed == 3
     assert summary.blocked_by == {"BanSubstrings": 1, "Regex": 1}
     assert summary.failed == 1
+    assert summary.failed_by == {"backend_error": 1}
     assert summary.expired == 1
     assert summary.in_progress == 1
 

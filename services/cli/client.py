@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,16 @@ import websockets
 DEFAULT_HTTP_TIMEOUT_S = 60.0
 
 
-class ApiError(RuntimeError):
-    """The API answered with an error status; the message is the server's explanation."""
+class ClientError(RuntimeError):
+    """A request to the ingress did not succeed."""
+
+
+class ConnectionFailed(ClientError):
+    """The ingress could not be reached, or the connection broke."""
+
+
+class ApiError(ClientError):
+    """The API returned an error status; the message is the server's explanation."""
 
     def __init__(self, status_code: int, message: str) -> None:
         super().__init__(f"HTTP {status_code}: {message}")
@@ -45,6 +54,7 @@ class SluiceClient:
     """Talks to one ingress. Use as an async context manager; not safe to share across event loops."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> None:
+        self.base_url = base_url
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._http = httpx.AsyncClient(base_url=base_url, headers=self._headers, timeout=timeout_s)
 
@@ -55,9 +65,10 @@ class SluiceClient:
         await self._http.aclose()
 
     async def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> Submission:
-        """POST a request; raises `ApiError` unless the API answers 202."""
+        """POST a request; raises `ApiError` unless the API returns 202."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = await self._http.post("/v1/requests", json=body, headers=headers)
+        async with self._translate_errors():
+            response = await self._http.post("/v1/requests", json=body, headers=headers)
         if response.status_code != 202:
             raise ApiError(response.status_code, _error_message(response))
         accepted = response.json()
@@ -73,15 +84,31 @@ class SluiceClient:
     async def stream(self, stream_url: str, offset: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Yield the released messages of a request, chunks then the final message."""
         url = f"{stream_url}?offset={offset}" if offset else stream_url
-        async with websockets.connect(url, additional_headers=self._headers) as connection:
-            async for raw in connection:
-                message = json.loads(raw)
-                yield message
-                if message.get("type") == "final":
-                    return
+        async with self._translate_errors():
+            async with websockets.connect(url, additional_headers=self._headers) as connection:
+                async for raw in connection:
+                    message = json.loads(raw)
+                    yield message
+                    if message.get("type") == "final":
+                        return
+        raise ConnectionFailed(f"the stream at {stream_url} closed before its final message")
+
+    @asynccontextmanager
+    async def _translate_errors(self) -> AsyncIterator[None]:
+        """Turn transport errors of httpx and websockets into `ConnectionFailed` naming the URL."""
+        try:
+            yield
+        except websockets.InvalidStatus as error:
+            raise ApiError(error.response.status_code, error.response.body.decode(errors="replace")) from error
+        except (httpx.TransportError, websockets.WebSocketException, OSError) as error:
+            raise ConnectionFailed(
+                f"cannot reach Sluice at {self.base_url} ({error.__class__.__name__}: {error}); "
+                "is `sluice up` running there? Set SLUICE_URL or --url to another address"
+            ) from error
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        response = await self._http.get(path, params=params)
+        async with self._translate_errors():
+            response = await self._http.get(path, params=params)
         if response.status_code != 200:
             raise ApiError(response.status_code, _error_message(response))
         return response.json()

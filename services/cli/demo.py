@@ -1,4 +1,4 @@
-"""Replaying a JSONL file of prompts through the running stack and measuring what a client sees."""
+"""Replaying a JSONL file of prompts through the running stack and measuring latency at the client."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ class PromptFileError(ValueError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one replayed prompt ended as; latencies are in milliseconds from the POST."""
+    """The outcome of one replayed prompt, with latencies in milliseconds from its POST."""
 
     status: str
     blocked_by: str | None = None
+    error_code: str | None = None
     ttft_ms: float | None = None
     total_ms: float | None = None
 
@@ -71,7 +72,13 @@ async def replay_one(client: SluiceClient, prompt: str, max_new_tokens: int) -> 
             final = message
     finished = time.monotonic()
     ttft_ms = (first_chunk_at - started) * 1000 if first_chunk_at is not None else None
-    return Outcome(final.get("status", "failed"), final.get("blocked_by"), ttft_ms, (finished - started) * 1000)
+    return Outcome(
+        final.get("status", "failed"),
+        blocked_by=final.get("blocked_by"),
+        error_code=final.get("error_code"),
+        ttft_ms=ttft_ms,
+        total_ms=(finished - started) * 1000,
+    )
 
 
 async def replay(
@@ -105,11 +112,13 @@ def summarize(outcomes: list[Outcome]) -> TrafficSummary:
     """Fold client-side outcomes into the same summary `sluice report` reads from ClickHouse."""
     statuses = Counter(outcome.status for outcome in outcomes)
     blocked = Counter(outcome.blocked_by or "unknown" for outcome in outcomes if outcome.status in ("blocked", "rejected"))
+    failed = Counter(outcome.error_code or "unknown" for outcome in outcomes if outcome.status == "failed")
     return TrafficSummary(
         requests=len(outcomes),
         completed=statuses["completed"],
         blocked_by=dict(blocked),
         failed=statuses["failed"],
+        failed_by=dict(failed),
         expired=statuses["expired"],
         ttft=percentiles([o.ttft_ms for o in outcomes if o.ttft_ms is not None]),
         total_latency=percentiles([o.total_ms for o in outcomes if o.total_ms is not None and o.status == "completed"]),

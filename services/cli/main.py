@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.cli.client import ApiError, SluiceClient
+from services.cli.client import ClientError, SluiceClient
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.tables import summary_table
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
@@ -72,8 +72,11 @@ def up() -> None:
     """Start the embedded stack in the foreground; Ctrl-C stops every process it started."""
     settings = get_settings()
     stack = EmbeddedStack(settings)
-    # `kill` stops the stack as cleanly as Ctrl-C does.
+    # `kill` stops the stack as cleanly as Ctrl-C does. A shell starts
+    # background jobs with SIGINT ignored; restore it so Ctrl-C and
+    # `kill -INT` always reach the supervisor.
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with console.status("starting the stack") as status:
             stack.start(progress=lambda step: status.update(step))
@@ -137,25 +140,31 @@ async def _submit(client: SluiceClient, body: dict) -> None:
                 else:
                     final = message
             status = await client.status(submission.request_id)
-        except (ApiError, OSError) as error:
+        except ClientError as error:
             raise _fail(str(error)) from error
     console.print()
     _print_final(final, status)
 
 
 def _print_final(final: dict, status: dict) -> None:
+    """Print one line with the outcome, its reason and the timings; exit 1 when the request failed or expired."""
+    outcome = final.get("status", status.get("status"))
     variant = (status.get("variant") or {}).get("variant_key", "-")
-    timings = status.get("timings") or {}
-    line = f"status: {final.get('status', status.get('status'))}  variant: {variant}"
+    parts = [f"status: {outcome}", f"variant: {variant}"]
     if final.get("blocked_by"):
-        line += f"  blocked by: {final['blocked_by']} ({final.get('reason') or 'no reason given'})"
+        parts.append(f"blocked by: {final['blocked_by']} ({final.get('reason') or 'no reason given'})")
+    if final.get("error_code"):
+        parts.append(f"error: {final['error_code']} ({final.get('message') or 'no message'})")
     if final.get("finish_reason"):
-        line += f"  finish: {final['finish_reason']}"
+        parts.append(f"finish: {final['finish_reason']}")
+    timings = status.get("timings") or {}
     if timings.get("ttft_ms") is not None:
-        line += f"  TTFT: {timings['ttft_ms']:.0f} ms"
+        parts.append(f"TTFT: {timings['ttft_ms']:.0f} ms")
     if timings.get("total_ms") is not None:
-        line += f"  total: {timings['total_ms']:.0f} ms"
-    console.print(line)
+        parts.append(f"total: {timings['total_ms']:.0f} ms")
+    console.print("  ".join(parts), soft_wrap=True)
+    if outcome in ("failed", "expired"):
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -173,7 +182,8 @@ def demo(
     except PromptFileError as error:
         raise _fail(str(error)) from error
     summary = asyncio.run(_demo(_client(url, api_key), texts, concurrency, max_new_tokens))
-    console.print(summary_table(summary, f"demo: {len(texts)} prompts from {prompts.name} (measured by the client)"))
+    console.print(f"demo: {len(texts)} prompts from {prompts}; latency measured by this client from each POST")
+    console.print(summary_table(summary, "demo summary"))
 
 
 async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_new_tokens: int) -> TrafficSummary:
@@ -189,7 +199,7 @@ async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_ne
                     max_new_tokens=max_new_tokens,
                     on_done=lambda _outcome: progress.advance(task),
                 )
-            except (ApiError, OSError) as error:
+            except ClientError as error:
                 raise _fail(str(error)) from error
     return summarize(outcomes)
 
@@ -206,14 +216,15 @@ def report(
     if name != "summary":
         raise _fail(f"unknown report {name!r}; available reports: summary")
     summary = asyncio.run(_report(_client(url, api_key), since, until))
-    console.print(summary_table(summary, "report: summary (from ClickHouse)"))
+    console.print("report: summary of all traffic, from ClickHouse; TTFT runs from acceptance to the first generated token")
+    console.print(summary_table(summary, "report summary"))
 
 
 async def _report(client: SluiceClient, since: str | None, until: str | None) -> TrafficSummary:
     async with client:
         try:
             return TrafficSummary.model_validate(await client.summary(since, until))
-        except (ApiError, OSError) as error:
+        except ClientError as error:
             raise _fail(str(error)) from error
 
 
@@ -229,7 +240,7 @@ def status(
         async with _client(url, api_key) as client:
             try:
                 return await client.status(request_id)
-            except (ApiError, OSError) as error:
+            except ClientError as error:
                 raise _fail(str(error)) from error
 
     console.print_json(data=asyncio.run(fetch()))

@@ -27,6 +27,8 @@ def summary_table(summary: TrafficSummary, title: str) -> Table:
     for scanner, count in sorted(summary.blocked_by.items()):
         table.add_row(f"  blocked by {scanner}", str(count))
     table.add_row("failed", str(summary.failed))
+    for error_code, count in sorted(summary.failed_by.items()):
+        table.add_row(f"  failed: {error_code}", str(count))
     table.add_row("expired", str(summary.expired))
     if summary.in_progress:
         table.add_row("in progress", str(summary.in_progress))

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from shared.bus import durable_subscriber
-from shared.events import Envelope, UnsupportedSchemaVersion, decode_envelope
+from shared.consuming import MalformedMessage, decode_message, invalid_payload, nack_for_retry, reject_malformed
+from shared.events import Envelope
 from shared.release_log import ReleaseLog
 from shared.subjects import REQUEST_STATE_CONSUMER
 
@@ -25,10 +26,6 @@ from services.ingress.projection import final_message, state_update
 from services.ingress.state_store import RequestStateStore, RequestStatus
 
 log = structlog.get_logger(__name__)
-
-# After a Redis failure JetStream redelivers the event this many seconds later,
-# so a restarting Redis is not retried in a tight loop and pollers wait briefly.
-REDIS_RETRY_DELAY_S = 2.0
 
 
 class RequestStateProjector:
@@ -58,10 +55,9 @@ class RequestStateProjector:
     async def handle(self, msg: NatsMessage) -> None:
         """Project one bus message, then ack, nack or terminate it."""
         try:
-            envelope = decode_envelope(msg.body)
-        except (ValidationError, UnsupportedSchemaVersion) as error:
-            log.error("event_rejected", message_id=msg.message_id, error=str(error))
-            await msg.reject()
+            envelope = decode_message(msg.body)
+        except MalformedMessage as error:
+            await reject_malformed(msg, error, message_id=msg.message_id)
             return
         await self._handle_envelope(envelope, msg)
 
@@ -70,12 +66,10 @@ class RequestStateProjector:
         try:
             status = await self.project(envelope)
         except ValidationError as error:
-            log.error("event_rejected", **context, error=str(error))
-            await msg.reject()
+            await reject_malformed(msg, invalid_payload(envelope, error), **context)
             return
         except RedisError as error:
-            log.warning("state_write_failed", **context, retry_in_s=REDIS_RETRY_DELAY_S, error=repr(error))
-            await msg.nack(delay=REDIS_RETRY_DELAY_S)
+            await nack_for_retry(msg, "state_write_failed", error, **context)
             return
         await msg.ack()
         log.debug("event_projected", **context, status=status.value if status else None)

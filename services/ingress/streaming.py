@@ -158,7 +158,12 @@ async def _finish(websocket: WebSocket, request_id: str, tenant: str, close_code
         log.warning("stream_idle_timeout", request_id=request_id, tenant=tenant)
         await websocket.close(CLOSE_IDLE_TIMEOUT, reason="no output within the request timeout")
         return
-    await websocket.close(CLOSE_NORMAL)
+    try:
+        await websocket.close(CLOSE_NORMAL)
+    except WebSocketDisconnect:
+        # Clients usually close as soon as they read the final message.
+        log.debug("stream_closed_by_client", request_id=request_id, tenant=tenant)
+        return
     log.info("stream_closed", request_id=request_id, tenant=tenant)
 
 

@@ -2,57 +2,29 @@
 
 from __future__ import annotations
 
-import structlog
 from faststream.nats.message import NatsMessage
-from pydantic import ValidationError
 
 from services.moderation.moderator import STAGE, Disposition, Moderator
 from services.moderation.sink import DeliveryFailed
-from shared.events import ChunkPayload, EndPayload, Envelope, EventType, UnsupportedSchemaVersion, decode_envelope
+from shared.consuming import (
+    RETRY_DELAY_S,
+    MalformedMessage,
+    bind_request_context,
+    decode_event,
+    nack_for_retry,
+    reject_malformed,
+)
+from shared.events import ChunkPayload, EndPayload, Envelope, EventType
 
-log = structlog.get_logger(__name__)
-
-# A failed write usually means Redis or NATS is restarting, which takes a
-# few seconds. nats-py waits 2 s between reconnect attempts, so a redelivery
-# sooner than that would fail again.
-RETRY_DELAY_S = 2.0
-
-_CHUNK_TYPES = (EventType.CHUNK, EventType.END)
-
-
-class MalformedMessage(ValueError):
-    """A message that no retry can fix: not an envelope, an unreadable schema version or the wrong payload."""
-
-
-def decode_chunk_message(body: bytes) -> tuple[Envelope, ChunkPayload | EndPayload]:
-    """Parse a `generation.chunk` or `generation.end` message. Raises `MalformedMessage` whose text contains no output text."""
-    try:
-        envelope = decode_envelope(body)
-    except UnsupportedSchemaVersion as error:
-        raise MalformedMessage(str(error)) from error
-    except ValidationError as error:
-        raise MalformedMessage(f"invalid envelope at {_error_locations(error)}") from error
-
-    if envelope.type not in _CHUNK_TYPES:
-        expected = " or ".join(event_type.value for event_type in _CHUNK_TYPES)
-        raise MalformedMessage(f"event {envelope.event_id} has type {envelope.type.value}; expected {expected}")
-    try:
-        return envelope, envelope.parsed_payload()
-    except ValidationError as error:
-        raise MalformedMessage(f"event {envelope.event_id} has an invalid payload at {_error_locations(error)}") from error
-
-
-def _error_locations(error: ValidationError) -> str:
-    # Only field paths and error types: the input values may contain output text.
-    return ", ".join(f"{_location(detail['loc'])} ({detail['type']})" for detail in error.errors())
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+CHUNK_EVENT_TYPES = (EventType.CHUNK, EventType.END)
 
 
 class ChunkHandler:
-    """Handles one delivery of a CHUNKS message and acks, nacks or terminates it."""
+    """Handles one delivery of a CHUNKS message and acks, nacks or terminates it.
+
+    Unlike `EnvelopeHandler`, it also nacks a well-formed message that the
+    moderator wants redelivered because it came before an earlier chunk.
+    """
 
     def __init__(self, moderator: Moderator) -> None:
         self._moderator = moderator
@@ -60,19 +32,17 @@ class ChunkHandler:
     async def handle(self, msg: NatsMessage) -> None:
         """Process one message: a malformed one is terminated, a failed write is redelivered after `RETRY_DELAY_S`."""
         try:
-            envelope, payload = decode_chunk_message(msg.body)
+            envelope, payload = decode_event(msg.body, CHUNK_EVENT_TYPES)
         except MalformedMessage as error:
-            log.error("message_rejected", stage=STAGE, error=str(error))
-            await msg.reject()
+            await reject_malformed(msg, error, stage=STAGE)
             return
 
         deliveries = msg.raw_message.metadata.num_delivered
-        with structlog.contextvars.bound_contextvars(request_id=envelope.request_id, tenant=envelope.tenant):
+        with bind_request_context(envelope):
             try:
                 disposition = await self._dispatch(envelope, payload, deliveries)
             except DeliveryFailed as error:
-                log.warning("write_failed", error=str(error), retry_delay_s=RETRY_DELAY_S)
-                await msg.nack(delay=RETRY_DELAY_S)
+                await nack_for_retry(msg, "write_failed", error)
                 return
 
         if disposition is Disposition.RETRY:

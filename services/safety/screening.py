@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import structlog
 
+from shared.consuming import expired_event
 from shared.events import (
     AcceptedPayload,
     Envelope,
     EventType,
-    ExpiredPayload,
     FailedPayload,
     RequestSpec,
     ScreenedPayload,
@@ -46,9 +44,9 @@ class Screener:
         When a scanner raises, the verdict is unknown and the request fails
         closed: the result is `request.failed` with error code `scanner_failed`.
         """
-        deadline = envelope.deadline
-        if deadline is not None and envelope.is_expired():
-            return self._expired(envelope, deadline)
+        expired = expired_event(envelope, STAGE)
+        if expired is not None:
+            return expired
 
         try:
             verdict = await self._chain.scan_async(prompt_text(accepted.request))
@@ -74,7 +72,3 @@ class Screener:
             reason=verdict.reason,
         )
         return envelope.follow_up(EventType.SCREENED, screened)
-
-    def _expired(self, envelope: Envelope, deadline: datetime) -> Envelope:
-        log.info("request_expired", request_id=envelope.request_id, tenant=envelope.tenant, deadline=deadline.isoformat())
-        return envelope.follow_up(EventType.EXPIRED, ExpiredPayload(stage=STAGE, deadline=deadline))

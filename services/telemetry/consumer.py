@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from services.telemetry.rows import InvalidEvent, decode_event
 from services.telemetry.store import EventStore
+from shared.consuming import log_rejected
 from shared.events import Envelope
 from shared.store_client import StoreError
 
@@ -83,12 +84,7 @@ class EventBatchWriter:
         return decoded
 
     async def _terminate(self, message: Msg, error: InvalidEvent) -> None:
-        log.warning(
-            "event_rejected",
-            subject=message.subject,
-            stream_sequence=message.metadata.sequence.stream,
-            error=str(error),
-        )
+        log_rejected(error, subject=message.subject, stream_sequence=message.metadata.sequence.stream)
         await message.term()
 
     async def _retry_later(self, decoded: list[tuple[Msg, Envelope]], error: StoreError) -> None:

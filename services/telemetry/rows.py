@@ -6,9 +6,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import ValidationError
-
-from shared.events import Envelope, EventType, UnsupportedSchemaVersion, decode_envelope
+from shared.consuming import MalformedMessage, decode_message
+from shared.events import Envelope, EventType
 
 # The columns the service writes, in row order; `inserted_at` takes its default.
 EVENT_COLUMNS = ("event_id", "type", "schema_version", "request_id", "tenant", "ts", "deadline", "trace", "payload")
@@ -23,7 +22,7 @@ MAX_STORED_TIMESTAMP = datetime(2299, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 _FORWARDED_REQUEST_FIELD = "request"
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(MalformedMessage):
     """A message cannot be stored: it is not an envelope, its schema version is unknown, or a timestamp is out of range.
 
     The message describes the problem without the message's content.
@@ -33,10 +32,8 @@ class InvalidEvent(ValueError):
 def decode_event(data: bytes) -> Envelope:
     """Parse one bus message into an envelope ready to store; raises `InvalidEvent`."""
     try:
-        envelope = decode_envelope(data)
-    except ValidationError as error:
-        raise InvalidEvent(_describe_fields(error)) from error
-    except UnsupportedSchemaVersion as error:
+        envelope = decode_message(data)
+    except MalformedMessage as error:
         raise InvalidEvent(str(error)) from error
     _check_in_range("ts", envelope.ts)
     _check_in_range("deadline", envelope.deadline)
@@ -76,12 +73,3 @@ def _as_utc(moment: datetime) -> datetime:
 def _check_in_range(field: str, moment: datetime | None) -> None:
     if moment is not None and not MIN_STORED_TIMESTAMP <= _as_utc(moment) <= MAX_STORED_TIMESTAMP:
         raise InvalidEvent(f"{field} {moment.isoformat()} is outside the range ClickHouse stores (years 1900 to 2299)")
-
-
-def _describe_fields(error: ValidationError) -> str:
-    # Field paths and error kinds only: the input may contain prompt text.
-    problems = []
-    for item in error.errors(include_input=False, include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "message"
-        problems.append(f"{field}: {item['type']}")
-    return "invalid envelope: " + "; ".join(problems)

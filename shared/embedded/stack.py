@@ -8,6 +8,7 @@ the same way.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import nats
@@ -45,9 +47,11 @@ from shared.subjects import (
 
 log = structlog.get_logger(__name__)
 
-# Services import llm-guard and torch, which takes about 10 s on two cores; a
-# service not fetching from its consumer after this long has failed to start.
+# Services import llm-guard and torch, which takes about 10 s on two cores.
+# A service not fetching from its consumer after this long has failed to start.
 SERVICE_READY_TIMEOUT_S = 180.0
+# Held with flock while a stack runs on the data folder.
+LOCK_FILE_NAME = "sluice-up.lock"
 # How often the supervisor checks that every child is still alive.
 SUPERVISE_INTERVAL_S = 0.5
 # A child gets this long to stop after SIGTERM before it is killed.
@@ -88,6 +92,7 @@ class EmbeddedStack:
     settings: Settings
     processes: list[ManagedProcess] = field(default_factory=list)
     api_key: str = ""
+    _lock_file: IO[str] | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -142,8 +147,9 @@ class EmbeddedStack:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         settings = self.settings
-        self.check_ports()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        self.check_ports()
         self.api_key = ensure_dev_key(settings.resolved_api_keys_file, settings.dev_api_key_file)
         if not settings.nats_url:
             progress("starting nats-server")
@@ -159,6 +165,25 @@ class EmbeddedStack:
         progress("waiting for the services to take work")
         asyncio.run(self._wait_for_consumers())
         self._wait_for_http(f"{self.http_url}/healthz", "ingress")
+
+    def _lock_data_dir(self) -> None:
+        """Take an exclusive lock on the data folder: two stacks must not share its stores."""
+        path = self.settings.data_dir / LOCK_FILE_NAME
+        lock_file = path.open("a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            raise StackError(
+                f"data folder {self.settings.data_dir} is in use by another `sluice up` (pid {holder}); "
+                "stop that one or set SLUICE_DATA_DIR to another folder"
+            ) from error
+        lock_file.truncate(0)
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        self._lock_file = lock_file
 
     def _spawn_service(self, name: str) -> ManagedProcess:
         log_path = self.log_dir / f"{name}.log"
@@ -195,7 +220,7 @@ class EmbeddedStack:
             except httpx.HTTPError:
                 pass
             time.sleep(SUPERVISE_INTERVAL_S)
-        raise StackError(f"{name} did not answer {url} within {SERVICE_READY_TIMEOUT_S} s; see {self.log_dir}")
+        raise StackError(f"{name} did not return HTTP 200 on {url} within {SERVICE_READY_TIMEOUT_S} s; see {self.log_dir}")
 
     async def _wait_for_consumers(self) -> None:
         """Wait until every bus service has a pull request waiting on its durable consumer."""
@@ -239,3 +264,6 @@ class EmbeddedStack:
         for child in reversed(self.processes):
             child.stop(STOP_TIMEOUT_S)
         self.processes.clear()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None

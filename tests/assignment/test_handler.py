@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import timedelta
-
-import nats.errors
 import pytest
 from nats.js import JetStreamContext
 
@@ -21,11 +17,10 @@ from shared.events import (
     RequestSpec,
     ScreenedPayload,
     Verdict,
-    decode_envelope,
-    new_envelope,
-    utc_now,
 )
 from shared.subjects import ASSIGNMENT_CONSUMER, EVENTS_STREAM, event_subject
+from tests.support.envelopes import new_request_envelope
+from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
 
 pytestmark = pytest.mark.nats
 
@@ -45,65 +40,18 @@ def _screened(
         user_id=user_id,
     )
     payload = ScreenedPayload(request=request, verdict=verdict, scanners=[])
-    return new_envelope(
-        EventType.SCREENED,
-        request_id=str(uuid.uuid4()),
-        tenant="acme",
-        payload=payload,
-        deadline=utc_now() + timedelta(seconds=deadline_in_s),
-    )
-
-
-async def _publish(jetstream: JetStreamContext, envelope: Envelope) -> None:
-    await jetstream.publish(
-        event_subject(envelope.type), envelope.model_dump_json().encode(), headers={"Nats-Msg-Id": envelope.event_id}
-    )
-
-
-async def _wait_for(jetstream: JetStreamContext, event_type: EventType, request_id: str) -> Envelope:
-    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
-    deadline = time.monotonic() + WAIT_S
-    try:
-        while True:
-            msg = await subscription.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
-            envelope = decode_envelope(msg.data)
-            if envelope.request_id == request_id:
-                return envelope
-    finally:
-        await subscription.unsubscribe()
+    return new_request_envelope(EventType.SCREENED, payload, tenant="acme", deadline_in_s=deadline_in_s)
 
 
 async def _request_ids(jetstream: JetStreamContext, event_type: EventType) -> set[str]:
-    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
-    request_ids: set[str] = set()
-    try:
-        while True:
-            msg = await subscription.next_msg(timeout=0.5)
-            request_ids.add(decode_envelope(msg.data).request_id)
-    except nats.errors.TimeoutError:
-        return request_ids
-    finally:
-        await subscription.unsubscribe()
-
-
-async def _wait_until_settled(jetstream: JetStreamContext, stream_sequence: int) -> None:
-    """Wait until the consumer has handled every message up to `stream_sequence`."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        info = await jetstream.consumer_info(EVENTS_STREAM, ASSIGNMENT_CONSUMER.durable)
-        if info.ack_floor.stream_seq >= stream_sequence or (
-            info.delivered.stream_seq >= stream_sequence and info.num_ack_pending == 0
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the assignment consumer did not settle stream sequence {stream_sequence}")
+    return {envelope.request_id for envelope in await published_events(jetstream, event_subject(event_type))}
 
 
 async def test_screened_request_gets_assigned(jetstream: JetStreamContext) -> None:
     screened = _screened(params=GenerationParams(max_new_tokens=16))
 
-    await _publish(jetstream, screened)
-    assigned = await _wait_for(jetstream, EventType.ASSIGNED, screened.request_id)
+    await publish_envelope(jetstream, screened)
+    assigned = await wait_for_event(jetstream, EventType.ASSIGNED, screened.request_id, WAIT_S)
 
     payload = assigned.parsed_payload()
     assert payload.experiment_key == "sampling-temperature"
@@ -120,10 +68,12 @@ async def test_screened_request_gets_assigned(jetstream: JetStreamContext) -> No
 async def test_same_user_same_variant(jetstream: JetStreamContext) -> None:
     first, second = _screened(user_id="bob"), _screened(user_id="bob")
 
-    await _publish(jetstream, first)
-    await _publish(jetstream, second)
-    first_variant = (await _wait_for(jetstream, EventType.ASSIGNED, first.request_id)).parsed_payload().variant
-    second_variant = (await _wait_for(jetstream, EventType.ASSIGNED, second.request_id)).parsed_payload().variant
+    await publish_envelope(jetstream, first)
+    await publish_envelope(jetstream, second)
+    first_assigned = await wait_for_event(jetstream, EventType.ASSIGNED, first.request_id, WAIT_S)
+    second_assigned = await wait_for_event(jetstream, EventType.ASSIGNED, second.request_id, WAIT_S)
+    first_variant = first_assigned.parsed_payload().variant
+    second_variant = second_assigned.parsed_payload().variant
 
     assert first_variant == second_variant
 
@@ -131,8 +81,8 @@ async def test_same_user_same_variant(jetstream: JetStreamContext) -> None:
 async def test_anonymous_request_hashes_request_id(jetstream: JetStreamContext) -> None:
     screened = _screened(user_id=None)
 
-    await _publish(jetstream, screened)
-    payload = (await _wait_for(jetstream, EventType.ASSIGNED, screened.request_id)).parsed_payload()
+    await publish_envelope(jetstream, screened)
+    payload = (await wait_for_event(jetstream, EventType.ASSIGNED, screened.request_id, WAIT_S)).parsed_payload()
 
     assert payload.hash_attribute == "request_id"
     assert payload.hash_value == hash_unit("sampling-temperature", screened.request_id, 2)
@@ -141,9 +91,9 @@ async def test_anonymous_request_hashes_request_id(jetstream: JetStreamContext) 
 async def test_blocked_request_not_assigned(jetstream: JetStreamContext) -> None:
     blocked, passed = _screened(verdict=Verdict.BLOCKED), _screened()
 
-    await _publish(jetstream, blocked)
-    await _publish(jetstream, passed)
-    await _wait_for(jetstream, EventType.ASSIGNED, passed.request_id)
+    await publish_envelope(jetstream, blocked)
+    await publish_envelope(jetstream, passed)
+    await wait_for_event(jetstream, EventType.ASSIGNED, passed.request_id, WAIT_S)
 
     assert blocked.request_id not in await _request_ids(jetstream, EventType.ASSIGNED)
 
@@ -151,8 +101,8 @@ async def test_blocked_request_not_assigned(jetstream: JetStreamContext) -> None
 async def test_expired_request_published_expired(jetstream: JetStreamContext) -> None:
     screened = _screened(deadline_in_s=-1.0)
 
-    await _publish(jetstream, screened)
-    expired = await _wait_for(jetstream, EventType.EXPIRED, screened.request_id)
+    await publish_envelope(jetstream, screened)
+    expired = await wait_for_event(jetstream, EventType.EXPIRED, screened.request_id, WAIT_S)
 
     payload = expired.parsed_payload()
     assert payload.stage == "assignment"
@@ -163,9 +113,8 @@ async def test_expired_request_published_expired(jetstream: JetStreamContext) ->
 async def test_malformed_message_terminated(jetstream: JetStreamContext) -> None:
     ack = await jetstream.publish(event_subject(EventType.SCREENED), b"{not an envelope")
 
-    await _wait_until_settled(jetstream, ack.seq)
+    info = await wait_until_settled(jetstream, ASSIGNMENT_CONSUMER, ack.seq, WAIT_S)
 
-    info = await jetstream.consumer_info(EVENTS_STREAM, ASSIGNMENT_CONSUMER.durable)
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
 
@@ -178,13 +127,13 @@ async def test_publish_failure_redelivers(jetstream: JetStreamContext) -> None:
     screened = _screened()
 
     try:
-        await _publish(jetstream, screened)
+        await publish_envelope(jetstream, screened)
         # With request.assigned outside every stream, the publish fails and the message is nacked.
         await _wait_for_redelivery(jetstream)
     finally:
         await ensure_jetstream(jetstream)
 
-    assigned = await _wait_for(jetstream, EventType.ASSIGNED, screened.request_id)
+    assigned = await wait_for_event(jetstream, EventType.ASSIGNED, screened.request_id, WAIT_S)
     assert assigned.parsed_payload().variant.key in {"control", "cooler"}
 
 

@@ -48,13 +48,14 @@ def test_summarize_counts_outcomes() -> None:
         Outcome("completed", ttft_ms=30.0, total_ms=300.0),
         Outcome("blocked", blocked_by="Secrets", total_ms=5.0),
         Outcome("blocked", blocked_by="Secrets", total_ms=6.0),
-        Outcome("failed", total_ms=50.0),
+        Outcome("failed", error_code="backend_rejected", total_ms=50.0),
     ]
 
     summary = summarize(outcomes)
 
     assert (summary.requests, summary.completed, summary.failed) == (5, 2, 1)
     assert summary.blocked_by == {"Secrets": 2}
+    assert summary.failed_by == {"backend_rejected": 1}
     assert summary.ttft.p50_ms == 20.0
     assert summary.total_latency.p50_ms == 200.0
     assert summary.total_latency.samples == 2

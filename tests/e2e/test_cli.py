@@ -74,5 +74,5 @@ def test_report_prints_summary(stack: EmbeddedStack) -> None:
     result = run_cli(stack, "report")
 
     assert result.returncode == 0, result.stderr
-    assert "report: summary" in result.stdout
+    assert "report summary" in result.stdout
     assert "requests" in result.stdout

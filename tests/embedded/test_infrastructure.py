@@ -53,3 +53,14 @@ def test_exited_child_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(StackError, match="safety exited with code 3"):
         stack.raise_if_exited()
+
+
+def test_second_stack_on_data_dir_refused(tmp_path: Path) -> None:
+    first = EmbeddedStack(Settings(data_dir=tmp_path))
+    first._lock_data_dir()
+    try:
+        second = EmbeddedStack(Settings(data_dir=tmp_path, http_port=free_port()))
+        with pytest.raises(StackError, match="in use by another `sluice up`.*SLUICE_DATA_DIR"):
+            second.start()
+    finally:
+        first.stop()

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from nats.js import JetStreamContext
 
 from shared.bus import ensure_jetstream
-from shared.embedded.infrastructure import free_port, start_nats
+from shared.embedded.infrastructure import free_port
 from shared.settings import REPO_ROOT
 from tests.inference.scripted_tgi import ScriptedServer
+from tests.support.jetstream import jetstream_client, private_nats
 
 HOST = "127.0.0.1"
 MODEL_SERVER_PACKAGE = REPO_ROOT / "services" / "model_server" / "__main__.py"
@@ -32,10 +32,8 @@ MODEL_SERVER_START_TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="package")
 def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory: Path = tmp_path_factory.mktemp("inference-nats")
-    server = start_nats(HOST, free_port(), directory, directory / "logs")
-    yield f"nats://{HOST}:{server.port}"
-    server.stop()
+    with private_nats(tmp_path_factory, "inference-nats") as url:
+        yield url
 
 
 @pytest.fixture(scope="package")
@@ -84,12 +82,10 @@ def _wait_for_health(url: str, process: subprocess.Popen[bytes], log_path: Path)
 
 @pytest.fixture(scope="package")
 async def jetstream(bus_url: str) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(bus_url)
-    js = client.jetstream()
-    # Tests publish before the service starts, so the topology must exist first.
-    await ensure_jetstream(js)
-    yield js
-    await client.close()
+    async with jetstream_client(bus_url) as js:
+        # Tests publish before the service starts, so the topology must exist first.
+        await ensure_jetstream(js)
+        yield js
 
 
 @pytest.fixture(scope="package")

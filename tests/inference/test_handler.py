@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import nats.errors
 import pytest
 import redis.asyncio as redis
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
 
 from services.inference import handler as handler_module
 from services.inference.app import MAX_CONCURRENT_REQUESTS
@@ -27,20 +23,13 @@ from shared.events import (
     RequestSpec,
     VariantSpec,
     decode_envelope,
-    new_envelope,
-    utc_now,
 )
 from shared.release_log import ReleaseLog
-from shared.subjects import (
-    CHUNKS_STREAM,
-    EVENTS_STREAM,
-    EVENTS_SUBJECT_PREFIX,
-    INFERENCE_CONSUMER,
-    MODERATION_CONSUMER,
-    event_subject,
-)
+from shared.subjects import CHUNKS_STREAM, EVENTS_STREAM, INFERENCE_CONSUMER, MODERATION_CONSUMER, event_subject
 from tests.inference.harness import running_inference, write_backends
 from tests.inference.scripted_tgi import GOOD_EVENTS, ScriptedServer, chunk, error, stream
+from tests.support.envelopes import new_request_envelope
+from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
 
@@ -52,47 +41,12 @@ def _assigned(backend: str = "embedded", deadline_in_s: float = 120.0, max_new_t
     request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow, my lord.")], user_id="alice")
     variant = VariantSpec(key="control", backend=backend, params=GenerationParams(temperature=0.8, max_new_tokens=max_new_tokens))
     payload = AssignedPayload(request=request, experiment_key="sampling", variant=variant, hash_value=0.25, hash_attribute="user_id")
-    return new_envelope(
-        EventType.ASSIGNED,
-        request_id=str(uuid.uuid4()),
-        tenant=TENANT,
-        payload=payload,
-        deadline=utc_now() + timedelta(seconds=deadline_in_s),
-    )
-
-
-async def _publish(jetstream: JetStreamContext, envelope: Envelope) -> None:
-    await jetstream.publish(
-        event_subject(envelope.type), envelope.model_dump_json().encode(), headers={"Nats-Msg-Id": envelope.event_id}
-    )
-
-
-async def _wait_for(jetstream: JetStreamContext, event_type: EventType, request_id: str) -> Envelope:
-    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
-    deadline = time.monotonic() + WAIT_S
-    try:
-        while True:
-            msg = await subscription.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
-            envelope = decode_envelope(msg.data)
-            if envelope.request_id == request_id:
-                return envelope
-    finally:
-        await subscription.unsubscribe()
+    return new_request_envelope(EventType.ASSIGNED, payload, tenant=TENANT, deadline_in_s=deadline_in_s)
 
 
 async def _events_of(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
     """Return every EVENTS message of the request published so far."""
-    subscription = await jetstream.subscribe(f"{EVENTS_SUBJECT_PREFIX}.>", ordered_consumer=True)
-    found: list[Envelope] = []
-    try:
-        while True:
-            envelope = decode_envelope((await subscription.next_msg(timeout=0.5)).data)
-            if envelope.request_id == request_id:
-                found.append(envelope)
-    except nats.errors.TimeoutError:
-        return found
-    finally:
-        await subscription.unsubscribe()
+    return [envelope for envelope in await published_events(jetstream) if envelope.request_id == request_id]
 
 
 async def _chunk_messages(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
@@ -148,9 +102,9 @@ async def test_chunks_concatenate_to_completed(
     assigned = _assigned()
 
     async with running_inference(bus_url, redis_url, backends_file):
-        await _publish(jetstream, assigned)
-        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
-        first_token = await _wait_for(jetstream, EventType.FIRST_TOKEN, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
+        first_token = await wait_for_event(jetstream, EventType.FIRST_TOKEN, assigned.request_id, WAIT_S)
     chunks = await _chunk_messages(jetstream, assigned.request_id)
 
     completed_payload = completed.parsed_payload()
@@ -178,10 +132,10 @@ async def test_redelivery_after_release_interrupted(
     await ReleaseLog(client, 60).append_chunk(TENANT, assigned.request_id, 0, "Good")
     await client.aclose()
 
-    await _publish(jetstream, assigned)
+    await publish_envelope(jetstream, assigned)
     await _deliver_once_without_ack(jetstream, assigned.request_id)
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
     chunks = await _chunk_messages(jetstream, assigned.request_id)
 
     payload = failed.parsed_payload()
@@ -198,10 +152,10 @@ async def test_redelivery_without_release_regenerates(
 ) -> None:
     assigned = _assigned()
 
-    await _publish(jetstream, assigned)
+    await publish_envelope(jetstream, assigned)
     await _deliver_once_without_ack(jetstream, assigned.request_id)
     async with running_inference(bus_url, redis_url, backends_file):
-        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+        completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
     chunks = await _chunk_messages(jetstream, assigned.request_id)
 
     assert completed.parsed_payload().attempt == 2
@@ -215,8 +169,8 @@ async def test_unreachable_backend_fails_after_retries(
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
         started = time.monotonic()
-        await _publish(jetstream, assigned)
-        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
         elapsed_s = time.monotonic() - started
     chunks = await _chunk_messages(jetstream, assigned.request_id)
 
@@ -237,8 +191,8 @@ async def test_backend_retry_then_completes(
     assigned = _assigned(backend="scripted")
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _publish(jetstream, assigned)
-        completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
 
     payload = completed.parsed_payload()
     assert payload.text == "Good morrow"
@@ -256,8 +210,8 @@ async def test_rejected_request_not_retried(
     assigned = _assigned(backend="scripted")
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _publish(jetstream, assigned)
-        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
 
     assert failed.parsed_payload().error_code == "backend_rejected"
     assert len(scripted.bodies) == 1
@@ -270,9 +224,9 @@ async def test_break_after_chunks_fails_broken(
     assigned = _assigned(backend="scripted")
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _publish(jetstream, assigned)
-        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
-        await _wait_for(jetstream, EventType.FIRST_TOKEN, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
+        await wait_for_event(jetstream, EventType.FIRST_TOKEN, assigned.request_id, WAIT_S)
     chunks = await _chunk_messages(jetstream, assigned.request_id)
 
     assert failed.parsed_payload().error_code == "stream_broken"
@@ -289,8 +243,8 @@ async def test_unknown_backend_fails(
     assigned = _assigned(backend="gpu-pool")
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _publish(jetstream, assigned)
-        failed = await _wait_for(jetstream, EventType.FAILED, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
 
     assert failed.parsed_payload().error_code == "backend_not_configured"
     assert "gpu-pool" in failed.parsed_payload().message
@@ -302,8 +256,8 @@ async def test_expired_request_published_expired(
     assigned = _assigned(deadline_in_s=-1.0)
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _publish(jetstream, assigned)
-        expired = await _wait_for(jetstream, EventType.EXPIRED, assigned.request_id)
+        await publish_envelope(jetstream, assigned)
+        expired = await wait_for_event(jetstream, EventType.EXPIRED, assigned.request_id, WAIT_S)
 
     assert expired.parsed_payload().stage == "inference"
     assert expired.parsed_payload().deadline == assigned.deadline
@@ -314,20 +268,10 @@ async def test_malformed_message_terminated(
 ) -> None:
     async with running_inference(bus_url, redis_url, offline_backends_file):
         ack = await jetstream.publish(event_subject(EventType.ASSIGNED), b'{"event_id": "x"}')
-        info = await _wait_until_settled(jetstream, ack.seq)
+        info = await wait_until_settled(jetstream, INFERENCE_CONSUMER, ack.seq, WAIT_S)
 
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
-
-
-async def _wait_until_settled(jetstream: JetStreamContext, stream_sequence: int) -> ConsumerInfo:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        info = await jetstream.consumer_info(EVENTS_STREAM, INFERENCE_CONSUMER.durable)
-        if info.ack_floor.stream_seq >= stream_sequence:
-            return info
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the inference consumer did not settle stream sequence {stream_sequence}")
 
 
 async def test_long_generation_keeps_message(
@@ -346,8 +290,8 @@ async def test_long_generation_keeps_message(
     async with running_inference(bus_url, redis_url, offline_backends_file):
         await _set_inference_ack_wait(jetstream, 1.0)
         try:
-            await _publish(jetstream, assigned)
-            completed = await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+            await publish_envelope(jetstream, assigned)
+            completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
         finally:
             await ensure_jetstream(jetstream)
     info = await jetstream.consumer_info(EVENTS_STREAM, INFERENCE_CONSUMER.durable)
@@ -374,9 +318,9 @@ async def test_requests_generate_concurrently(
     async with running_inference(bus_url, redis_url, offline_backends_file):
         started = time.monotonic()
         for assigned in requests:
-            await _publish(jetstream, assigned)
+            await publish_envelope(jetstream, assigned)
         for assigned in requests:
-            await _wait_for(jetstream, EventType.COMPLETED, assigned.request_id)
+            await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
         elapsed_s = time.monotonic() - started
 
     assert elapsed_s < 3.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from shared.scanning import ScannerChain, build_output_chain, parse_policy
 from tests.moderation.support import OUTPUT_POLICY
+from tests.support.policy import write_policy_file
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,4 @@ def output_chain() -> ScannerChain:
 
 @pytest.fixture(scope="session")
 def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("moderation-policy") / "policy.yaml"
-    path.write_text(yaml.safe_dump(OUTPUT_POLICY), encoding="utf-8")
-    return path
+    return write_policy_file(tmp_path_factory, "moderation-policy", OUTPUT_POLICY)

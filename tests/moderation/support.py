@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
-import nats.errors
 from nats.js import JetStreamContext
 
-from pydantic import ValidationError
-
-from shared.events import (
-    ChunkPayload,
-    EndPayload,
-    Envelope,
-    EventType,
-    UnsupportedSchemaVersion,
-    Usage,
-    decode_envelope,
-    derive_event_id,
-    utc_now,
-)
+from shared.events import ChunkPayload, EndPayload, Envelope, EventType, Usage, derive_event_id, utc_now
 from shared.release_log import ReleasedMessage, ReleaseLog
-from shared.subjects import EVENTS_SUBJECT_PREFIX, event_subject
+from tests.support.jetstream import published_events
 
 TENANT = "acme"
 WAIT_S = 30.0
@@ -93,35 +79,8 @@ async def final_entry(release_log: ReleaseLog, request_id: str) -> dict[str, obj
 
 async def events_of(jetstream: JetStreamContext, request_id: str) -> dict[EventType, list[Envelope]]:
     """Return the request's EVENTS messages published so far, by type."""
-    subscription = await jetstream.subscribe(f"{EVENTS_SUBJECT_PREFIX}.>", ordered_consumer=True)
     found: dict[EventType, list[Envelope]] = {}
-    try:
-        while True:
-            envelope = _decode_or_none((await subscription.next_msg(timeout=0.5)).data)
-            if envelope is not None and envelope.request_id == request_id:
-                found.setdefault(envelope.type, []).append(envelope)
-    except nats.errors.TimeoutError:
-        return found
-    finally:
-        await subscription.unsubscribe()
-
-
-async def wait_for_event(jetstream: JetStreamContext, event_type: EventType, request_id: str) -> Envelope:
-    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
-    deadline = time.monotonic() + WAIT_S
-    try:
-        while True:
-            msg = await subscription.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
-            envelope = _decode_or_none(msg.data)
-            if envelope is not None and envelope.request_id == request_id:
-                return envelope
-    finally:
-        await subscription.unsubscribe()
-
-
-def _decode_or_none(data: bytes) -> Envelope | None:
-    # Other tests on the session's nats-server publish malformed messages on purpose.
-    try:
-        return decode_envelope(data)
-    except (ValidationError, UnsupportedSchemaVersion):
-        return None
+    for envelope in await published_events(jetstream):
+        if envelope.request_id == request_id:
+            found.setdefault(envelope.type, []).append(envelope)
+    return found

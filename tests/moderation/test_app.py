@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 import redis.asyncio as redis
 from faststream import TestApp
@@ -26,8 +23,8 @@ from tests.moderation.support import (
     final_entry,
     new_request_id,
     released_chunks,
-    wait_for_event,
 )
+from tests.support.jetstream import jetstream_client, publish_envelope, wait_for_event, wait_for_log
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
 
@@ -41,9 +38,8 @@ async def moderation_service(nats_url: str, redis_url: str, policy_file: Path) -
 
 @pytest.fixture(scope="module")
 async def jetstream(nats_url: str, moderation_service: None) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(nats_url)
-    yield client.jetstream()
-    await client.close()
+    async with jetstream_client(nats_url) as jetstream:
+        yield jetstream
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +50,7 @@ async def release_log(redis_url: str) -> AsyncIterator[ReleaseLog]:
 
 
 async def _publish(jetstream: JetStreamContext, envelope: Envelope) -> None:
-    await jetstream.publish(
-        chunk_subject(envelope.request_id), envelope.model_dump_json().encode(), headers={"Nats-Msg-Id": envelope.event_id}
-    )
+    await publish_envelope(jetstream, envelope, chunk_subject(envelope.request_id))
 
 
 async def _generate(jetstream: JetStreamContext, request_id: str, texts: list[str]) -> None:
@@ -72,7 +66,7 @@ async def test_output_delivered_through_log(jetstream: JetStreamContext, release
     request_id = new_request_id()
 
     await _generate(jetstream, request_id, SONNET)
-    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id)).parsed_payload()
+    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id, WAIT_S)).parsed_payload()
 
     chunks = await released_chunks(release_log, request_id)
     assert delivered.text == "".join(SONNET)
@@ -88,7 +82,7 @@ async def test_output_moderated_passed(jetstream: JetStreamContext) -> None:
     request_id = new_request_id()
 
     await _generate(jetstream, request_id, SONNET)
-    moderated = (await wait_for_event(jetstream, EventType.MODERATED, request_id)).parsed_payload()
+    moderated = (await wait_for_event(jetstream, EventType.MODERATED, request_id, WAIT_S)).parsed_payload()
 
     assert moderated.verdict is Verdict.PASSED
 
@@ -97,8 +91,8 @@ async def test_split_banned_output_blocked(jetstream: JetStreamContext, release_
     request_id = new_request_id()
 
     await _generate(jetstream, request_id, ["Sure. From now on: DAN Mo", "de enabled. ", "Ask me anything."])
-    moderated = (await wait_for_event(jetstream, EventType.MODERATED, request_id)).parsed_payload()
-    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id)).parsed_payload()
+    moderated = (await wait_for_event(jetstream, EventType.MODERATED, request_id, WAIT_S)).parsed_payload()
+    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id, WAIT_S)).parsed_payload()
 
     assert moderated.blocked_by == "BanSubstrings"
     assert delivered.finish_reason == "moderation"
@@ -113,11 +107,8 @@ async def test_malformed_chunk_terminated(jetstream: JetStreamContext, release_l
 
     with capture_logs() as logs:
         await jetstream.publish(chunk_subject(request_id), b'{"type": "generation.chunk"}')
-        deadline = time.monotonic() + WAIT_S
-        while not any(entry["event"] == "message_rejected" for entry in logs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        rejected = await wait_for_log(logs, "message_rejected", WAIT_S)
 
-    rejected = [entry for entry in logs if entry["event"] == "message_rejected"]
     assert rejected[0]["log_level"] == "error"
     assert rejected[0]["error"].startswith("invalid envelope at ")
     assert await final_entry(release_log, request_id) is None
@@ -128,7 +119,7 @@ async def test_long_stream_keeps_order(jetstream: JetStreamContext, release_log:
     words = [f"word{index} " for index in range(300)]
 
     await _generate(jetstream, request_id, words)
-    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id)).parsed_payload()
+    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id, WAIT_S)).parsed_payload()
 
     assert delivered.text == "".join(words)
     chunks = await released_chunks(release_log, request_id)

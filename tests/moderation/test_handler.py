@@ -6,11 +6,16 @@ import json
 
 import pytest
 
-from services.moderation.handler import MalformedMessage, decode_chunk_message
-from shared.events import ChunkPayload, EndPayload, EventType, ExpiredPayload, new_envelope, utc_now
+from services.moderation.handler import CHUNK_EVENT_TYPES
+from shared.consuming import MalformedMessage, decode_event
+from shared.events import ChunkPayload, EndPayload, Envelope, EventType, ExpiredPayload, new_envelope, utc_now
 from tests.moderation.support import chunk, end, new_request_id
 
 SECRET_OUTPUT = "the vault code is 0451"
+
+
+def decode_chunk_message(body: bytes) -> tuple[Envelope, ChunkPayload | EndPayload]:
+    return decode_event(body, CHUNK_EVENT_TYPES)
 
 
 def test_chunk_decoded() -> None:
@@ -39,7 +44,7 @@ def test_event_type_rejected() -> None:
     with pytest.raises(MalformedMessage) as caught:
         decode_chunk_message(envelope.model_dump_json().encode())
 
-    assert "has type request.expired; expected generation.chunk or generation.end" in str(caught.value)
+    assert "has type request.expired, expected generation.chunk or generation.end" in str(caught.value)
 
 
 def test_bad_payload_hides_output() -> None:

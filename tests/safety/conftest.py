@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from shared.scanning import ScannerChain, build_input_chain, parse_policy
+from tests.support.policy import write_policy_file
 
 INPUT_POLICY = {
     "input": [
@@ -28,6 +28,4 @@ def input_chain() -> ScannerChain:
 
 @pytest.fixture(scope="session")
 def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("safety-policy") / "policy.yaml"
-    path.write_text(yaml.safe_dump(INPUT_POLICY), encoding="utf-8")
-    return path
+    return write_policy_file(tmp_path_factory, "safety-policy", INPUT_POLICY)

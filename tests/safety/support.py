@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-
-from shared.events import AcceptedPayload, ChatMessage, Envelope, EventType, RequestSpec, new_envelope, utc_now
+from shared.events import AcceptedPayload, ChatMessage, Envelope, EventType, RequestSpec
+from tests.support.envelopes import new_request_envelope
 
 TENANT = "acme"
 
@@ -13,13 +11,7 @@ TENANT = "acme"
 def accepted(*messages: ChatMessage, deadline_in_s: float = 120.0) -> Envelope:
     request = RequestSpec(messages=list(messages), user_id="alice")
     payload = AcceptedPayload(request=request, prompt_chars=sum(len(message.content) for message in messages))
-    return new_envelope(
-        EventType.ACCEPTED,
-        request_id=str(uuid.uuid4()),
-        tenant=TENANT,
-        payload=payload,
-        deadline=utc_now() + timedelta(seconds=deadline_in_s),
-    )
+    return new_request_envelope(EventType.ACCEPTED, payload, tenant=TENANT, deadline_in_s=deadline_in_s)
 
 
 def user(content: str) -> ChatMessage:

@@ -6,11 +6,16 @@ import json
 
 import pytest
 
-from services.safety.handler import MalformedMessage, decode_accepted
-from shared.events import EventType, ExpiredPayload, new_envelope, utc_now
+from services.safety.handler import AcceptedHandler
+from shared.consuming import MalformedMessage, decode_event
+from shared.events import AcceptedPayload, Envelope, EventType, ExpiredPayload, new_envelope, utc_now
 from tests.safety.support import accepted, user
 
 SECRET_PROMPT = "my password is hunter2"
+
+
+def decode_accepted(body: bytes) -> tuple[Envelope, AcceptedPayload]:
+    return decode_event(body, AcceptedHandler.event_types)
 
 
 def test_accepted_envelope_decoded() -> None:
@@ -22,23 +27,6 @@ def test_accepted_envelope_decoded() -> None:
     assert payload.request.messages[0].content == "Hello"
 
 
-def test_non_json_rejected() -> None:
-    with pytest.raises(MalformedMessage) as caught:
-        decode_accepted(b"not json at all")
-
-    assert str(caught.value) == "invalid envelope at (top level) (json_invalid)"
-
-
-def test_unsupported_version_rejected() -> None:
-    data = json.loads(accepted(user("Hello")).model_dump_json())
-    data["schema_version"] = 99
-
-    with pytest.raises(MalformedMessage) as caught:
-        decode_accepted(json.dumps(data).encode())
-
-    assert "schema_version 99" in str(caught.value)
-
-
 def test_wrong_type_rejected() -> None:
     envelope = new_envelope(
         EventType.EXPIRED, request_id="r-1", tenant="acme", payload=ExpiredPayload(stage="ingress", deadline=utc_now())
@@ -47,7 +35,7 @@ def test_wrong_type_rejected() -> None:
     with pytest.raises(MalformedMessage) as caught:
         decode_accepted(envelope.model_dump_json().encode())
 
-    assert "has type request.expired; expected request.accepted" in str(caught.value)
+    assert "has type request.expired, expected request.accepted" in str(caught.value)
 
 
 def test_bad_payload_hides_prompt() -> None:

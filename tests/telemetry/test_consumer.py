@@ -138,7 +138,7 @@ async def test_malformed_message_terminated(
         assert await _eventually(lambda: _stored(store_client, tenant, 1))
         await asyncio.sleep(0.5)
 
-    rejected = [entry for entry in logs if entry["event"] == "event_rejected"]
+    rejected = [entry for entry in logs if entry["event"] == "message_rejected"]
     assert len(rejected) == 1
     assert "json_invalid" in rejected[0]["error"]
     info = await jetstream.consumer_info(EVENTS_STREAM, TELEMETRY_CONSUMER.durable)

@@ -90,8 +90,8 @@ def test_decode_error_omits_content() -> None:
     with pytest.raises(InvalidEvent) as caught:
         decode_event(json.dumps(broken).encode())
 
-    assert "tenant: missing" in str(caught.value)
-    assert "ts: datetime_from_date_parsing" in str(caught.value)
+    assert "tenant (missing)" in str(caught.value)
+    assert "ts (datetime_from_date_parsing)" in str(caught.value)
     assert PROMPT not in str(caught.value)
 
 
