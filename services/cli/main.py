@@ -83,7 +83,7 @@ def up() -> None:
         _print_started(stack)
         _supervise(stack)
     except StackError as error:
-        raise _fail(f"{error}; the stack has stopped") from error
+        raise _fail(f"{error}; this `sluice up` has stopped") from error
     except KeyboardInterrupt:
         console.print("stopping the stack")
     finally:
