@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test clean-data
+.PHONY: install run test bench clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,17 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+$(BENCH_INSTALLED): requirements-bench.lock $(INSTALLED)
+	$(BIN)/pip install --quiet -r requirements-bench.lock
+	touch $(BENCH_INSTALLED)
+
+# Runs every benchmark in load_tests/ and writes docs/benchmarks.md; takes
+# about a quarter of an hour and needs the machine to itself.
+bench: $(BENCH_INSTALLED)
+	$(BIN)/python -m load_tests.bench
 
 # Deletes the embedded stack's data folder: streams, Redis, ClickHouse and the development key.
 clean-data:

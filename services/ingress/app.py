@@ -38,6 +38,22 @@ log = structlog.get_logger(__name__)
 # `/healthz` waits this long for each of NATS and Redis, so one hung
 # dependency cannot hang the probe.
 HEALTH_CHECK_TIMEOUT_S = 1.0
+# Open streams plus in-flight requests; redis-server's own default limit is
+# 10,000 clients, so several ingress replicas fit under it.
+REDIS_MAX_CONNECTIONS = 1000
+# A request waits this long for a Redis connection before it fails with 503.
+REDIS_POOL_WAIT_TIMEOUT_S = 5.0
+
+
+def _redis_pool(url: str) -> redis.BlockingConnectionPool:
+    """Return a pool that makes a caller wait for a free connection instead of failing.
+
+    Every open WebSocket holds a connection during its blocking read, so a
+    burst of streams would otherwise exhaust the pool and fail submissions.
+    """
+    return redis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_TIMEOUT_S
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     """
     authenticator = ApiKeyAuthenticator.from_file(settings.resolved_api_keys_file)
     broker = make_broker(settings.resolved_nats_url)
-    redis_client = redis.from_url(settings.resolved_redis_url)
+    redis_client = redis.Redis(connection_pool=_redis_pool(settings.resolved_redis_url))
     state_store = RequestStateStore(redis_client, settings.request_state_ttl_s)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
     subscribe_projector(broker, RequestStateProjector(state_store, release_log))

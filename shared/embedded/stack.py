@@ -106,6 +106,15 @@ class EmbeddedStack:
         """Return the environment every child gets: the resolved URLs, so children never guess."""
         settings = self.settings
         env = dict(os.environ)
+        # Every setting, so a stack built from Settings in code (tests,
+        # benchmarks) runs its children with the same values.
+        env.update(
+            {
+                f"SLUICE_{name.upper()}": str(value)
+                for name, value in settings.model_dump().items()
+                if value is not None
+            }
+        )
         env.update(
             {
                 "SLUICE_DATA_DIR": str(settings.data_dir),
