@@ -50,6 +50,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     faststream_logger.propagate = True
     faststream_logger.setLevel(max(numeric_level, logging.WARNING))
     faststream_logger.addFilter(_demote_idle_fetch_timeout)
+    # httpx logs every request at INFO, which on a hot path costs more than the request.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))
 
 
 def _demote_idle_fetch_timeout(record: logging.LogRecord) -> bool:

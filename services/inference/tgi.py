@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
+import structlog
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import OverloadedError, TextGenerationError
 from huggingface_hub.errors import ValidationError as TgiValidationError
@@ -31,6 +32,8 @@ from services.inference.backends import (
 )
 from shared.events import ChatMessage, GenerationParams, Usage
 from shared.experiments import BackendConfig
+
+log = structlog.get_logger(__name__)
 
 # TGI serves the base model under any model name and treats the name as a
 # LoRA adapter id when adapters are loaded.
@@ -59,13 +62,13 @@ class TgiBackend:
 
         Each call has its own HTTP session, closed when the iterator ends or is closed.
         """
+        # timeout=None: aiohttp's total timeout would cut long streams, so
+        # the connect and per-token timeouts below bound each wait instead.
+        client = AsyncInferenceClient(base_url=self._url, timeout=None)
         try:
-            # timeout=None: aiohttp's total timeout would cut long streams, so
-            # the connect and per-token timeouts below bound each wait instead.
-            async with AsyncInferenceClient(base_url=self._url, timeout=None) as client:
-                chunks = await self._open(client, messages, params, adapter_id)
-                async for item in self._read(chunks):
-                    yield item
+            chunks = await self._open(client, messages, params, adapter_id)
+            async for item in self._read(chunks):
+                yield item
         except BackendError:
             raise
         except Exception as error:
@@ -73,6 +76,8 @@ class TgiBackend:
             if translated is None:
                 raise
             raise translated from error
+        finally:
+            await _close_client(client)
 
     async def _open(
         self,
@@ -107,6 +112,21 @@ class TgiBackend:
         if finish_reason is None:
             raise BackendProtocolError(f"the stream from {self._url} ended without a finish_reason")
         yield StreamEnd(finish_reason=finish_reason, usage=usage)
+
+
+async def _close_client(client: AsyncInferenceClient) -> None:
+    """Close the client's HTTP sessions.
+
+    NOTE: huggingface_hub 0.36 stops reading a chat stream at `[DONE]` and
+    leaves closing its session to the byte reader's finalizer, which runs as
+    a separate task. When that task closes the session first, the client's
+    own close raises KeyError for the session it no longer tracks; the
+    session is closed either way.
+    """
+    try:
+        await client.close()
+    except KeyError:
+        log.debug("session_already_closed")
 
 
 async def _next_or_none(iterator: AsyncIterator[Any], timeout_s: float) -> Any | None:

@@ -30,9 +30,10 @@ from services.ingress.state_store import TERMINAL_STATUSES, RequestStateStore
 
 log = structlog.get_logger(__name__)
 
-# One blocking read waits at most this long. A separate task notices a
-# disconnect at once, so this only bounds how long a Redis connection stays parked.
-STREAM_READ_BLOCK_MS = 5_000
+# One blocking read waits at most this long. It must stay well under the
+# client's socket timeout (redis-py 8 defaults to 5 s), or a quiet stream
+# reads as a network timeout. A separate task notices a disconnect at once.
+STREAM_READ_BLOCK_MS = 1_000
 
 # The final message is held back until the status record is terminal, so
 # GET /v1/requests/{id} called after the final message returns the finished
