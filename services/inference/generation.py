@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.inference.backends import Backend, BackendError, BackendProtocolError, StreamEnd
+from services.inference.coalescing import ChunkCoalescer
 from shared.bus import EventPublisher
 from shared.events import (
     AssignedPayload,
@@ -131,11 +132,17 @@ class Generator:
     ) -> StreamEnd:
         variant = payload.variant
         stream = backend.stream(payload.request.messages, variant.params, adapter_id=variant.adapter_id)
-        async with aclosing(stream) as items:
-            async for item in items:
-                if isinstance(item, StreamEnd):
-                    return item
-                await self._publish_chunk(envelope, payload, attempt, progress, item.text)
+        coalescer = ChunkCoalescer(lambda text: self._publish_chunk(envelope, payload, attempt, progress, text))
+        coalescer.start()
+        try:
+            async with aclosing(stream) as items:
+                async for item in items:
+                    if isinstance(item, StreamEnd):
+                        await coalescer.flush()
+                        return item
+                    coalescer.add(item.text)
+        finally:
+            await coalescer.abandon()
         raise BackendProtocolError(f"backend {variant.backend!r} ended its stream without a StreamEnd")
 
     async def _publish_chunk(
