@@ -19,13 +19,21 @@ from shared.settings import REPO_ROOT
 # Cheapest first: a broken environment shows up within seconds.
 BENCHMARKS = ("bench_bus", "bench_screening", "bench_telemetry", "bench_pipeline")
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
+# A quick run's figures are noise, so it never replaces the recorded page.
+QUICK_OUTPUT = REPO_ROOT / "data" / "benchmarks-quick.md"
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m load_tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small configurations (seconds each), for a smoke run")
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run only this benchmark; repeatable")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the markdown file to write")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"the markdown file to write (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)}, "
+        f"or {QUICK_OUTPUT.relative_to(REPO_ROOT)} with --quick)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "make bench" if not arguments.quick else "python -m load_tests.bench --quick"
     if arguments.only:
         command += "".join(f" --only {name}" for name in names)
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(render_page(sections, command, started))
-    sys.stderr.write(f"wrote {arguments.output}\n")
+    output = arguments.output or (QUICK_OUTPUT if arguments.quick else DEFAULT_OUTPUT)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_page(sections, command, started))
+    sys.stderr.write(f"wrote {output}\n")
     return 0
 
 
