@@ -39,7 +39,6 @@ from load_tests.pipeline_results import (
     warning_notes,
 )
 from load_tests.pipeline_stack import (
-    BenchStack,
     ZeroBackend,
     bench_stack,
     cpu_seconds,
@@ -48,6 +47,7 @@ from load_tests.pipeline_stack import (
 )
 from load_tests.rate_search import RateSearch
 from load_tests.report import BenchSection
+from shared.embedded.stack import EmbeddedStack
 
 # The arrival rates and the tokens per request that the benchmark reports.
 RATES_RPS = (50.0, 100.0, 200.0, 500.0)
@@ -113,7 +113,7 @@ def direct_body() -> dict[str, Any]:
 class PipelineBench:
     """Runs the direct and pipeline paths against a started stack and zero backend."""
 
-    def __init__(self, stack: BenchStack, backend: ZeroBackend, plan: Plan) -> None:
+    def __init__(self, stack: EmbeddedStack, backend: ZeroBackend, plan: Plan) -> None:
         self._stack = stack
         self._backend = backend
         self._plan = plan

@@ -10,7 +10,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from nats.js.errors import NotFoundError
 
 from shared.embedded.infrastructure import die_with_parent, free_port, wait_for_port
 from shared.embedded.stack import EmbeddedStack
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import REPO_ROOT
 from shared.subjects import CONSUMERS
 
 # The name of the backend in the benchmark's backends.yaml.
@@ -106,34 +105,14 @@ def write_serving_config(folder: Path, backend_url: str, max_new_tokens: int) ->
     return experiments_path, backends_path
 
 
-@dataclass
-class BenchStack(EmbeddedStack):
-    """The embedded stack with extra environment variables for every child, such as the config file paths."""
-
-    extra_environment: dict[str, str] = field(default_factory=dict)
-
-    def child_environment(self) -> dict[str, str]:
-        return {**super().child_environment(), **self.extra_environment}
-
-
-def bench_stack(data_dir: Path, experiments_file: Path, backends_file: Path, request_timeout_s: float) -> BenchStack:
+def bench_stack(data_dir: Path, experiments_file: Path, backends_file: Path, request_timeout_s: float) -> EmbeddedStack:
     """Return a stack on free ports in `data_dir` that serves the given config files. Call `start` on it."""
-    settings = Settings(
-        data_dir=data_dir,
-        http_port=free_port(),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        model_server_port=free_port(),
+    return EmbeddedStack.on_free_ports(
+        data_dir,
         experiments_file=experiments_file,
         backends_file=backends_file,
         request_timeout_s=request_timeout_s,
     )
-    environment = {
-        "SLUICE_EXPERIMENTS_FILE": str(experiments_file),
-        "SLUICE_BACKENDS_FILE": str(backends_file),
-        "SLUICE_REQUEST_TIMEOUT_S": str(request_timeout_s),
-    }
-    return BenchStack(settings, extra_environment=environment)
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from shared.embedded.infrastructure import (
     ManagedProcess,
     check_port_free,
     die_with_parent,
+    free_port,
     start_nats,
     start_redis,
     wait_for_port,
@@ -93,6 +94,20 @@ class EmbeddedStack:
     processes: list[ManagedProcess] = field(default_factory=list)
     api_key: str = ""
     _lock_file: IO[str] | None = None
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, **overrides: object) -> EmbeddedStack:
+        """Return a stack whose servers take free loopback ports and keep their files in `data_dir`.
+
+        `overrides` sets further `Settings` fields; every child gets them all.
+        """
+        ports = {
+            "http_port": free_port(),
+            "nats_port": free_port(),
+            "redis_port": free_port(),
+            "model_server_port": free_port(),
+        }
+        return cls(Settings(data_dir=data_dir, **ports, **overrides))
 
     @property
     def log_dir(self) -> Path:

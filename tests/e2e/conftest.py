@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
 
 from services.cli.client import SluiceClient
-from shared.embedded.infrastructure import free_port
 from shared.embedded.stack import EmbeddedStack, StackError
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import REPO_ROOT
 
 PROMPTS_DIR = REPO_ROOT.parent / "shared" / "data" / "prompts"
 
@@ -27,15 +25,7 @@ def load_prompt_texts(name: str, count: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    data_dir: Path = tmp_path_factory.mktemp("stack")
-    settings = Settings(
-        data_dir=data_dir,
-        http_port=free_port(),
-        nats_port=free_port(),
-        redis_port=free_port(),
-        model_server_port=free_port(),
-    )
-    embedded = EmbeddedStack(settings)
+    embedded = EmbeddedStack.on_free_ports(tmp_path_factory.mktemp("stack"))
     try:
         embedded.start()
     except StackError as error:
