@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from shared.embedded.infrastructure import free_port
 from shared.settings import REPO_ROOT
 from tests.inference.scripted_tgi import ScriptedServer
 from tests.support.jetstream import jetstream_client, private_nats
+from tests.support.services import spawn_service
 
 HOST = "127.0.0.1"
 MODEL_SERVER_PACKAGE = REPO_ROOT / "services" / "model_server" / "__main__.py"
@@ -44,15 +44,7 @@ def model_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("model-server") / "model-server.log"
     env = {**os.environ, "SLUICE_MODEL_SERVER_PORT": str(port), "SLUICE_HOST": HOST, "HF_HUB_OFFLINE": "1"}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.model_server"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_service("services.model_server", env, log_path)
     url = f"http://{HOST}:{port}"
     try:
         _wait_for_health(url, process, log_path)

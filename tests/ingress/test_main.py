@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from shared.embedded.infrastructure import free_port
 from shared.settings import REPO_ROOT
 
 from tests.ingress.support import HOST, ApiKeys
+from tests.support.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
 
@@ -37,18 +37,6 @@ def _environment(nats_url: str, redis_url: str, keys_file: Path, port: int, data
         "SLUICE_DATA_DIR": str(data_dir),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-
-
-def _spawn(environment: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.ingress"],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> bool:
@@ -73,7 +61,7 @@ def running_ingress(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     port = free_port()
     log_path = tmp_path / "ingress.log"
-    process = _spawn(_environment(ingress_nats_url, redis_url, api_keys.path, port, tmp_path), log_path)
+    process = spawn_service("services.ingress", _environment(ingress_nats_url, redis_url, api_keys.path, port, tmp_path), log_path)
     try:
         yield process, f"http://{HOST}:{port}", log_path
     finally:
@@ -96,7 +84,7 @@ def test_missing_key_file_exits_with_error(ingress_nats_url: str, redis_url: str
     missing = tmp_path / "no-such-keys.json"
     log_path = tmp_path / "ingress.log"
 
-    process = _spawn(_environment(ingress_nats_url, redis_url, missing, free_port(), tmp_path), log_path)
+    process = spawn_service("services.ingress", _environment(ingress_nats_url, redis_url, missing, free_port(), tmp_path), log_path)
 
     assert process.wait(START_TIMEOUT_S) == 1
     [failure] = [event for event in _log_events(log_path) if event.get("event") == "service_start_failed"]

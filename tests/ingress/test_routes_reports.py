@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from shared.settings import REPO_ROOT
 
 from tests.ingress import event_builders as events
 from tests.ingress.support import ApiKeys, bearer, wait_until
+from tests.support.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
 
@@ -39,15 +38,7 @@ def telemetry(ingress_nats_url: str, tmp_path: Path) -> Iterator[Path]:
         "SLUICE_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.telemetry"],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_service("services.telemetry", environment, log_path)
     try:
         yield log_path
     finally:

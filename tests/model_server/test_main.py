@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import httpx
 import pytest
 
 from shared.embedded.infrastructure import free_port
-from shared.settings import REPO_ROOT
+
+from tests.support.services import spawn_service
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
@@ -22,15 +22,7 @@ def server_process(tmp_path: Path):
     port = free_port(HOST)
     log_path = tmp_path / "model_server.log"
     env = {**os.environ, "SLUICE_HOST": HOST, "SLUICE_MODEL_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.model_server"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_service("services.model_server", env, log_path)
     yield f"http://{HOST}:{port}", process, log_path
     process.terminate()
     process.wait(timeout=10)
