@@ -9,7 +9,7 @@ Then a short search finds the highest rate whose added total p99 stays
 within the limit.
 
 The generator runs in this process on the same cores as the stack, so at
-high rates it takes CPU from the services; its own CPU per request and its
+high rates it takes CPU from the services. Its own CPU per request and its
 launch lag are reported beside the figures.
 
 Run it alone with `python -m load_tests.bench_pipeline [--quick] [--data-dir DIR]`.

@@ -1,8 +1,8 @@
 """The event envelope and every payload that travels on the bus.
 
 Every message on NATS is an `Envelope` serialised as JSON. `schemas/events/`
-holds the JSON Schema of each payload; `tests/test_event_schemas.py` checks
-that the files and these models agree.
+contains the JSON Schema of each payload, and `tests/test_event_schemas.py`
+checks that the files and these models agree.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class GenerationParams(_Model):
 
 
 class RequestSpec(_Model):
-    """What the client asked for; carried forward by each stage so every message is self-contained."""
+    """The client's request, carried forward by each stage so that every message is self-contained."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
@@ -121,7 +121,7 @@ class AssignedPayload(_Model):
     variant: VariantSpec
     # GrowthBook's hash of the unit in [0, 1); None when no experiment matched.
     hash_value: float | None = None
-    # What was hashed: "user_id" gives a sticky assignment, "request_id" a per-request one.
+    # The hashed attribute: "user_id" gives a sticky assignment, "request_id" a per-request one.
     hash_attribute: str
 
 

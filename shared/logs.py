@@ -61,7 +61,7 @@ def _demote_idle_fetch_timeout(record: logging.LogRecord) -> bool:
     NOTE: nats-py 2.16 raises the builtin TimeoutError when a pull request
     expires exactly at its deadline, and FastStream 0.7.8 catches only
     `nats.errors.TimeoutError`, so its supervisor logs an error and restarts
-    the loop. Nothing is lost: the fetch had returned no message.
+    the loop. Nothing is lost, because the fetch returned no message.
     """
     if record.exc_info and record.exc_info[0] is TimeoutError:
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"

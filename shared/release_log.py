@@ -25,7 +25,7 @@ end
 return 0
 """
 
-# Appends one chunk unless the log is closed or holds it already; returns
+# Appends one chunk unless the log is closed or contains it already. Returns
 # 1 when stored, 0 when the log was closed, 2 when the chunk was there.
 _APPEND_CHUNK_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then

@@ -64,7 +64,7 @@ async def test_rejected_query_raises_query_error(telemetry_app: Settings, nats_c
 
 
 async def test_bad_page_size_fails_before_sending(nats_client: NatsClient) -> None:
-    # Nobody listens on the subject, so a sent request would raise StoreUnavailable.
+    # No subscriber listens on the subject, so a sent request would raise StoreUnavailable.
     store = StoreClient(nats_client, subject=SCRIPTED_SUBJECT)
 
     with pytest.raises(StoreQueryError, match="page_size"):

@@ -51,8 +51,8 @@ class Backend(Protocol):
 class BackendError(Exception):
     """A backend call failed.
 
-    `error_code` is the code that `request.failed` carries. `retryable` tells
-    whether the same call may succeed when tried again.
+    `error_code` is the code that `request.failed` carries. `retryable` is true
+    when the same call may succeed if tried again.
     """
 
     error_code = "backend_error"

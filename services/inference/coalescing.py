@@ -2,8 +2,9 @@
 
 Each chunk is a JetStream publish that moderation then handles on its own,
 so one message per token costs every stage a message per token. The
-coalescer publishes the first text at once (it decides the time to first
-token) and from then on whatever has arrived, at most once per interval.
+coalescer publishes the first text at once, because it sets the time to
+first token. After that it publishes whatever has arrived, at most once per
+interval.
 """
 
 from __future__ import annotations

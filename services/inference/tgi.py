@@ -120,7 +120,7 @@ async def _close_client(client: AsyncInferenceClient) -> None:
     NOTE: huggingface_hub 0.36 stops reading a chat stream at `[DONE]` and
     leaves closing its session to the byte reader's finalizer, which runs as
     a separate task. When that task closes the session first, the client's
-    own close raises KeyError for the session it no longer tracks; the
+    own close raises KeyError for the session it no longer tracks. The
     session is closed either way.
     """
     try:

@@ -23,8 +23,8 @@ from services.modelops.model_card import CardFacts, write_model_card
 from services.modelops.tokenizer_training import train_tokenizer
 from services.modelops.training_loop import Corpus, Recipe, TrainingResult, bits_per_char, train
 
-# In 10-minute runs on 2 CPU cores, this size gave the most readable samples;
-# a smaller model (vocabulary 1024, hidden size 128) overfit within 10 minutes.
+# In 10-minute runs on 2 CPU cores, this size gave the most readable samples.
+# A smaller model (vocabulary 1024, hidden size 128) overfit within 10 minutes.
 VOCAB_SIZE = 2048
 HIDDEN_SIZE = 256
 LAYERS = 4

@@ -2,8 +2,8 @@
 
 It opens two clients on the same DSN. The writer applies migrations and
 inserts events. The reader serves the store API with the session settings
-`readonly=1`, so no statement it runs can write, whatever the SQL says, and
-with `max_execution_time`. clickhouse-connect has no async client for chDB,
+`readonly=1` and `max_execution_time`, so no statement it runs can write,
+whatever its SQL. clickhouse-connect has no async client for chDB,
 so each client's calls run on that client's own single worker thread: calls
 on one client run one after another, and `close` waits for a running call to
 finish before it closes the client.
@@ -170,7 +170,7 @@ def _unavailable_on_error(action: str) -> Iterator[None]:
 
 def _query_error(error: ClickHouseDriverError) -> StoreQueryError | StoreUnavailable:
     # A ClickHouse error code means the server ran and rejected the query
-    # (syntax, unknown column, read-only, time limit); without one the
+    # (syntax, unknown column, read-only, time limit). Without one, the
     # request did not reach a working server.
     if error.code is not None:
         return StoreQueryError(str(error))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # nats-server is ready in about 50 ms and redis-server in about 100 ms on a
-# laptop; this bound only stops a broken start from hanging forever.
+# laptop. This bound only stops a broken start from hanging forever.
 READY_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.02
 
@@ -61,7 +61,7 @@ def check_port_free(host: str, port: int, setting: str) -> None:
             sock.bind((host, port))
         except OSError as error:
             raise InfrastructureError(
-                f"port {port} on {host} is already in use; stop the process that holds it "
+                f"port {port} on {host} is already in use; stop the process that uses it "
                 f"or set {setting} to a free port"
             ) from error
 

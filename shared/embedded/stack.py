@@ -1,7 +1,7 @@
 """The embedded stack: infrastructure and every service as supervised child processes.
 
-`sluice up` runs it in the foreground and the end-to-end tests start it once
-per session; both go through `EmbeddedStack`, so they run the same processes
+`sluice up` runs it in the foreground, and the end-to-end tests start it once
+per session. Both go through `EmbeddedStack`, so they run the same processes
 the same way.
 """
 
