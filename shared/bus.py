@@ -1,7 +1,7 @@
 """Connecting to NATS, declaring the JetStream topology and publishing envelopes.
 
-Services build their broker with `make_broker`, bind subscribers with
-`durable_subscriber` and publish through `EventPublisher`, so the topology in
+Services build their broker with `make_broker`, consume with the pullers of
+`shared/pulling.py` and publish through `EventPublisher`, so the topology in
 `shared/subjects.py` is the only place subjects and consumers are named.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import nats.js.api as js_api
 import structlog
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -20,11 +20,6 @@ from shared.events import Envelope
 from shared.subjects import CONSUMERS, DUPLICATE_WINDOW_S, STREAMS, ConsumerSpec, StreamSpec, chunk_subject, event_subject
 
 log = structlog.get_logger(__name__)
-
-# Pull this many messages per fetch; one fetch is one round trip to the server.
-DEFAULT_FETCH_BATCH_SIZE = 16
-# A fetch that finds nothing waits this long before asking again.
-DEFAULT_FETCH_TIMEOUT_S = 1.0
 
 _RETENTION = {"limits": js_api.RetentionPolicy.LIMITS, "workqueue": js_api.RetentionPolicy.WORK_QUEUE}
 
@@ -72,40 +67,19 @@ async def ensure_jetstream(js: JetStreamContext) -> None:
         await js.add_consumer(consumer.stream, consumer_config(consumer))
 
 
-def durable_subscriber(
-    broker: NatsBroker,
-    spec: ConsumerSpec,
-    *,
-    batch_size: int = DEFAULT_FETCH_BATCH_SIZE,
-    **kwargs: Any,
-) -> Any:
-    """Return a FastStream subscriber decorator bound to the durable pull consumer `spec`.
-
-    Handlers receive one message at a time and must ack or nack explicitly
-    (`msg.ack()`, `msg.nack()`, `msg.in_progress()`). FastStream 0.7.8's batch
-    mode is not offered: with nats-py 2.16 a fetch that times out mid-batch
-    drops the messages gathered so far until their ack wait ends, so the
-    telemetry service pulls batches with nats-py directly.
-    """
-    return broker.subscriber(
-        spec.filter_subject,
-        stream=JStream(spec.stream, declare=False),
-        durable=spec.durable,
-        config=consumer_config(spec),
-        pull_sub=PullSub(batch_size=batch_size, timeout=DEFAULT_FETCH_TIMEOUT_S),
-        **kwargs,
-    )
-
-
 class EventPublisher:
     """Publishes envelopes to JetStream and waits for the server's ack.
 
     Each message carries `Nats-Msg-Id` set to the event id, so a stage that is
     redelivered and publishes the same event again is dropped by JetStream.
+    Publishes go through the broker's nats-py connection directly: FastStream's
+    publish path added about 50 µs per publish (`python -m load_tests.bench_bus`).
+    The broker must be connected before the first publish.
     """
 
     def __init__(self, broker: NatsBroker) -> None:
         self._broker = broker
+        self._jetstream: JetStreamContext | None = None
 
     async def publish(self, envelope: Envelope) -> None:
         await self._publish(envelope, event_subject(envelope.type))
@@ -115,10 +89,16 @@ class EventPublisher:
         await self._publish(envelope, chunk_subject(envelope.request_id))
 
     async def _publish(self, envelope: Envelope, subject: str) -> None:
-        stream = subject.split(".")[1].upper()
-        await self._broker.publish(
-            envelope.model_dump_json(),
+        if self._jetstream is None:
+            self._jetstream = self._broker.connection.jetstream()
+        await self._jetstream.publish(
             subject,
+            envelope.model_dump_json().encode(),
+            stream=_stream_of(subject),
             headers={"Nats-Msg-Id": envelope.event_id},
-            stream=stream,
         )
+
+
+def _stream_of(subject: str) -> str:
+    """Return the stream that stores `subject`: `sluice.events.x` is in EVENTS, `sluice.chunks.x` in CHUNKS."""
+    return subject.split(".")[1].upper()

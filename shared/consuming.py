@@ -2,7 +2,7 @@
 
 Every bus consumer settles each message exactly one way. A message that no
 retry can fix (not an envelope, an unreadable schema version, the wrong type
-or payload) is terminated with `msg.reject()` and logged as `message_rejected`.
+or payload) is terminated with `msg.term()` and logged as `message_rejected`.
 A transient failure (NATS or Redis restarting) is nacked with a delay, so
 JetStream redelivers it. Everything else is acked once its work is done.
 `EnvelopeHandler` runs these steps for a consumer of one or a few event types.
@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import nats.errors
 import structlog
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from shared.bus import EventPublisher
@@ -87,16 +87,16 @@ def log_rejected(error: MalformedMessage, **fields: Any) -> None:
     log.error("message_rejected", error=str(error), **fields)
 
 
-async def reject_malformed(msg: NatsMessage, error: MalformedMessage, **fields: Any) -> None:
+async def reject_malformed(msg: Msg, error: MalformedMessage, **fields: Any) -> None:
     """Log `message_rejected` and terminate `msg`, so JetStream never redelivers it."""
     log_rejected(error, **fields)
-    await msg.reject()
+    await msg.term()
 
 
-async def nack_for_retry(msg: NatsMessage, event: str, error: Exception, **fields: Any) -> None:
+async def nack_for_retry(msg: Msg, event: str, error: Exception, **fields: Any) -> None:
     """Log `event` at warning level and nack `msg`, so JetStream redelivers it after `RETRY_DELAY_S`."""
     log.warning(event, error=repr(error), retry_delay_s=RETRY_DELAY_S, **fields)
-    await msg.nack(delay=RETRY_DELAY_S)
+    await msg.nak(delay=RETRY_DELAY_S)
 
 
 def bind_request_context(envelope: Envelope, **fields: Any) -> AbstractContextManager[Any]:
@@ -144,10 +144,10 @@ class EnvelopeHandler(abc.ABC):
     # The warning logged when `process` raised one of `retry_errors`.
     retry_event: ClassVar[str] = "publish_failed"
 
-    async def handle(self, msg: NatsMessage) -> None:
+    async def handle(self, msg: Msg) -> None:
         """Decode, process and settle one delivery. The consumer must use manual acks."""
         try:
-            envelope, payload = decode_event(msg.body, self.event_types)
+            envelope, payload = decode_event(msg.data, self.event_types)
         except MalformedMessage as error:
             await reject_malformed(msg, error, stage=self.stage)
             return
@@ -160,10 +160,10 @@ class EnvelopeHandler(abc.ABC):
                 return
         await msg.ack()
 
-    def log_context(self, msg: NatsMessage) -> dict[str, Any]:
+    def log_context(self, msg: Msg) -> dict[str, Any]:
         """Return log fields to bind, besides request id and tenant, while the message is processed."""
         return {}
 
     @abc.abstractmethod
-    async def process(self, msg: NatsMessage, envelope: Envelope, payload: Any) -> None:
+    async def process(self, msg: Msg, envelope: Envelope, payload: Any) -> None:
         """Do the stage's work for one well-formed message. Raise one of `retry_errors` to have it redelivered."""

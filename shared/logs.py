@@ -49,24 +49,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     faststream_logger.handlers.clear()
     faststream_logger.propagate = True
     faststream_logger.setLevel(max(numeric_level, logging.WARNING))
-    faststream_logger.addFilter(_demote_idle_fetch_timeout)
     # httpx logs every request at INFO, which on a hot path costs more than the request.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))
-
-
-def _demote_idle_fetch_timeout(record: logging.LogRecord) -> bool:
-    """Log FastStream's restart of a pull loop after an idle fetch timeout at debug, not error.
-
-    NOTE: nats-py 2.16 raises the builtin TimeoutError when a pull request
-    expires exactly at its deadline, and FastStream 0.7.8 catches only
-    `nats.errors.TimeoutError`, so its supervisor logs an error and restarts
-    the loop. Nothing is lost, because the fetch returned no message.
-    """
-    if record.exc_info and record.exc_info[0] is TimeoutError:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger("faststream").isEnabledFor(logging.DEBUG)
-    return True
 
 
 def _add_service(service: str) -> structlog.types.Processor:

@@ -48,6 +48,10 @@ def _closed_key(tenant: str, request_id: str) -> str:
     return f"sluice:release-closed:{tenant}:{request_id}"
 
 
+def _final_keys(tenant: str, request_id: str) -> list[str]:
+    return [release_key(tenant, request_id), _closed_key(tenant, request_id)]
+
+
 def _entry_id(seq: int) -> str:
     return f"0-{seq + 1}"
 
@@ -82,9 +86,16 @@ class ReleaseLog:
 
     async def append_final(self, tenant: str, request_id: str, final: dict[str, Any]) -> bool:
         """Close the log with `final` (which gets `"type": "final"`); return False if it was already closed."""
-        data = json.dumps({**final, "type": "final"})
-        keys = [release_key(tenant, request_id), _closed_key(tenant, request_id)]
-        return bool(await self._append_final(keys=keys, args=[data, self._ttl_s]))
+        return bool(await self._append_final(keys=_final_keys(tenant, request_id), args=self._final_args(final)))
+
+    async def queue_append_final(
+        self, pipe: redis.client.Pipeline, tenant: str, request_id: str, final: dict[str, Any]
+    ) -> None:
+        """Queue `append_final` on `pipe`; it runs, in queue order, when the caller executes the pipeline."""
+        await self._append_final(keys=_final_keys(tenant, request_id), args=self._final_args(final), client=pipe)
+
+    def _final_args(self, final: dict[str, Any]) -> list[str | int]:
+        return [json.dumps({**final, "type": "final"}), self._ttl_s]
 
     async def count_chunks(self, tenant: str, request_id: str) -> int:
         """Return how many entries the log holds, the final one included."""

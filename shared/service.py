@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from faststream import FastStream
@@ -11,6 +11,7 @@ from faststream.nats import NatsBroker
 
 from shared.bus import ensure_jetstream
 from shared.logs import configure_logging
+from shared.pulling import PullLoop
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -23,13 +24,16 @@ def build_app(
     broker: NatsBroker,
     settings: Settings,
     *,
+    pullers: Sequence[PullLoop] = (),
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> FastStream:
-    """Wrap `broker` in a FastStream app that declares the JetStream topology before any subscriber starts.
+    """Wrap `broker` in a FastStream app that declares the JetStream topology before any puller starts.
 
     `on_startup` runs after the topology exists and before messages flow (load
-    models, open clients there); `on_shutdown` runs after the broker stopped.
+    models, open clients there). The `pullers` start after it and stop first
+    on shutdown, while the connection can still ack; `on_shutdown` runs after
+    the broker stopped.
     """
     app = FastStream(broker, logger=None)
 
@@ -42,8 +46,16 @@ def build_app(
         log.info("service_starting", nats_url=settings.resolved_nats_url)
 
     @app.after_startup
-    async def report_started() -> None:
+    async def start_pulling() -> None:
+        jetstream = broker.connection.jetstream()
+        for puller in pullers:
+            await puller.start(jetstream)
         log.info("service_started")
+
+    @app.on_shutdown
+    async def stop_pulling() -> None:
+        for puller in pullers:
+            await puller.stop()
 
     @app.after_shutdown
     async def report_stopped() -> None:

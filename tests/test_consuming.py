@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import structlog
-from faststream import AckPolicy, TestApp
-from faststream.nats.annotations import NatsMessage
+from faststream import TestApp
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 from structlog.testing import capture_logs
 
-from shared.bus import EventPublisher, durable_subscriber, make_broker
+from shared.bus import EventPublisher, make_broker
 from shared.consuming import (
     RETRY_DELAY_S,
     EnvelopeHandler,
@@ -35,6 +35,7 @@ from shared.events import (
     ExpiredPayload,
     RequestSpec,
 )
+from shared.pulling import ConcurrentPuller
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import SAFETY_CONSUMER, event_subject
@@ -176,10 +177,10 @@ class RecordingHandler(EnvelopeHandler):
         self.contexts: list[dict[str, Any]] = []
         self.fail_once: set[str] = set()
 
-    def log_context(self, msg: NatsMessage) -> dict[str, Any]:
-        return {"delivery": msg.raw_message.metadata.num_delivered}
+    def log_context(self, msg: Msg) -> dict[str, Any]:
+        return {"delivery": msg.metadata.num_delivered}
 
-    async def process(self, msg: NatsMessage, envelope: Envelope, payload: AcceptedPayload) -> None:
+    async def process(self, msg: Msg, envelope: Envelope, payload: AcceptedPayload) -> None:
         self.contexts.append(structlog.contextvars.get_contextvars())
         if envelope.request_id in self.fail_once:
             self.fail_once.discard(envelope.request_id)
@@ -200,11 +201,8 @@ async def handler(bus_url: str) -> AsyncIterator[RecordingHandler]:
     broker = make_broker(bus_url)
     recording = RecordingHandler(EventPublisher(broker))
 
-    @durable_subscriber(broker, SAFETY_CONSUMER, ack_policy=AckPolicy.MANUAL)
-    async def on_accepted(msg: NatsMessage) -> None:
-        await recording.handle(msg)
-
-    async with TestApp(build_app(STAGE, broker, Settings(nats_url=bus_url))):
+    puller = ConcurrentPuller(SAFETY_CONSUMER, recording.handle, max_in_flight=4)
+    async with TestApp(build_app(STAGE, broker, Settings(nats_url=bus_url), pullers=[puller])):
         yield recording
 
 

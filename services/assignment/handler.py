@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import structlog
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
 
 from services.assignment.assigner import Assigner
 from shared.bus import EventPublisher
@@ -30,7 +30,7 @@ class ScreenedHandler(EnvelopeHandler):
         self._assigner = assigner
         self._publisher = publisher
 
-    async def process(self, msg: NatsMessage, envelope: Envelope, payload: ScreenedPayload) -> None:
+    async def process(self, msg: Msg, envelope: Envelope, payload: ScreenedPayload) -> None:
         if payload.verdict is Verdict.BLOCKED:
             log.debug("request_skipped", reason="blocked")
             return

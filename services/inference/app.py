@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import redis.asyncio as redis
-from faststream import AckPolicy, FastStream
-from faststream.nats.annotations import NatsMessage
+from faststream import FastStream
 
 from services.inference.backends import Backend
 from services.inference.generation import Generator
 from services.inference.handler import AssignedHandler
 from services.inference.tgi import TgiBackend
-from shared.bus import EventPublisher, durable_subscriber, make_broker
+from shared.bus import EventPublisher, make_broker
 from shared.experiments import BackendConfig, load_serving_config
+from shared.pulling import ConcurrentPuller
 from shared.release_log import ReleaseLog
 from shared.service import build_app
 from shared.settings import Settings
@@ -43,16 +43,7 @@ def make_app(settings: Settings) -> FastStream:
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
     handler = AssignedHandler(Generator(make_backends(config.backends), publisher), release_log, publisher)
 
-    # Fetch no more than the workers can start, so no message waits in memory
-    # while its ack_wait runs out.
-    @durable_subscriber(
-        broker,
-        INFERENCE_CONSUMER,
-        batch_size=MAX_CONCURRENT_REQUESTS,
-        max_workers=MAX_CONCURRENT_REQUESTS,
-        ack_policy=AckPolicy.MANUAL,
-    )
-    async def on_assigned(msg: NatsMessage) -> None:
-        await handler.handle(msg)
-
-    return build_app(SERVICE_NAME, broker, settings, on_shutdown=redis_client.aclose)
+    # The puller fetches no more than it has room for, so no message waits in
+    # memory while its ack_wait runs out.
+    puller = ConcurrentPuller(INFERENCE_CONSUMER, handler.handle, max_in_flight=MAX_CONCURRENT_REQUESTS)
+    return build_app(SERVICE_NAME, broker, settings, pullers=[puller], on_shutdown=redis_client.aclose)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import structlog
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
 from services.inference.generation import STAGE, Generator
@@ -33,7 +33,7 @@ INTERRUPTED = "interrupted"
 
 
 @contextlib.asynccontextmanager
-async def _keep_in_progress(msg: NatsMessage, interval_s: float) -> AsyncIterator[None]:
+async def _keep_in_progress(msg: Msg, interval_s: float) -> AsyncIterator[None]:
     """Tell JetStream every `interval_s` seconds that `msg` is still being worked on, until the block ends."""
 
     async def report_progress() -> None:
@@ -53,9 +53,9 @@ async def _keep_in_progress(msg: NatsMessage, interval_s: float) -> AsyncIterato
             await task
 
 
-def _attempt(msg: NatsMessage) -> int:
+def _attempt(msg: Msg) -> int:
     # JetStream's delivery count: 1 for the first delivery.
-    return msg.raw_message.metadata.num_delivered
+    return msg.metadata.num_delivered
 
 
 class AssignedHandler(EnvelopeHandler):
@@ -75,10 +75,10 @@ class AssignedHandler(EnvelopeHandler):
         self._release_log = release_log
         self._publisher = publisher
 
-    def log_context(self, msg: NatsMessage) -> dict[str, Any]:
+    def log_context(self, msg: Msg) -> dict[str, Any]:
         return {"attempt": _attempt(msg)}
 
-    async def process(self, msg: NatsMessage, envelope: Envelope, payload: AssignedPayload) -> None:
+    async def process(self, msg: Msg, envelope: Envelope, payload: AssignedPayload) -> None:
         async with _keep_in_progress(msg, IN_PROGRESS_INTERVAL_S):
             await self._generate_once(envelope, payload, _attempt(msg))
 

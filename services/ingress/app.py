@@ -20,6 +20,7 @@ from faststream.nats import NatsBroker
 from redis.exceptions import RedisError
 
 from shared.bus import EventPublisher, ensure_jetstream, make_broker
+from shared.pulling import PullLoop
 from shared.release_log import ReleaseLog
 from shared.settings import Settings
 
@@ -27,7 +28,7 @@ from services.ingress.acceptance import RequestAcceptor
 from services.ingress.auth import ApiKeyAuthenticator, tenant_dependency
 from services.ingress.errors import install_error_handlers
 from services.ingress.idempotency import IdempotencyStore
-from services.ingress.projector import RequestStateProjector, subscribe_projector
+from services.ingress.projector import RequestStateProjector
 from services.ingress.routes_reports import reports_router
 from services.ingress.routes_requests import requests_router
 from services.ingress.state_store import RequestStateStore
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     redis_client = redis.Redis(connection_pool=_redis_pool(settings.resolved_redis_url))
     state_store = RequestStateStore(redis_client, settings.request_state_ttl_s)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
-    subscribe_projector(broker, RequestStateProjector(state_store, release_log))
+    projector = RequestStateProjector(redis_client, state_store, release_log).puller()
     acceptor = RequestAcceptor(
         state_store=state_store,
         idempotency=IdempotencyStore(redis_client, settings.idempotency_ttl_s),
@@ -75,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         request_timeout_s=settings.request_timeout_s,
     )
 
-    app = FastAPI(title="Sluice ingress", lifespan=_lifespan(broker, redis_client, settings))
+    app = FastAPI(title="Sluice ingress", lifespan=_lifespan(broker, projector, redis_client, settings))
     install_error_handlers(app)
     tenant = tenant_dependency(authenticator)
     app.include_router(requests_router(tenant, acceptor, state_store))
@@ -87,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _lifespan(
-    broker: NatsBroker, redis_client: redis.Redis, settings: Settings
+    broker: NatsBroker, projector: PullLoop, redis_client: redis.Redis, settings: Settings
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -96,10 +97,12 @@ def _lifespan(
         # The topology must exist before the first publish and before the projector binds its consumer.
         await ensure_jetstream(connection.jetstream())
         await broker.start()
+        await projector.start(connection.jetstream())
         log.info("service_started", nats_url=settings.resolved_nats_url, http_port=settings.http_port)
         try:
             yield
         finally:
+            await projector.stop()
             await _stop_broker(broker)
             await redis_client.aclose()
             log.info("service_stopped")

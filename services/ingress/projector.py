@@ -1,87 +1,127 @@
 """The `request-state` consumer: projects every event of the EVENTS stream into the request's status record.
 
 Runs inside the ingress process on the durable pull consumer
-`REQUEST_STATE_CONSUMER`, so every ingress replica shares the work. A message
-is acked only after its Redis writes. A Redis failure nacks it for
-redelivery, and a malformed message is terminated so it is not redelivered
-forever.
+`REQUEST_STATE_CONSUMER`, so every ingress replica shares the work. Each
+fetched batch is written to Redis in one pipeline, in stream order, and its
+messages are acked only after the pipeline ran. A Redis failure nacks the
+batch for redelivery, and a malformed message is terminated so it is not
+redelivered forever.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import redis.asyncio as redis
 import structlog
-from faststream import AckPolicy
-from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from shared.bus import durable_subscriber
-from shared.consuming import MalformedMessage, decode_message, invalid_payload, nack_for_retry, reject_malformed
+from shared.consuming import (
+    BUS_ERRORS,
+    MalformedMessage,
+    decode_message,
+    invalid_payload,
+    nack_for_retry,
+    reject_malformed,
+)
 from shared.events import Envelope
+from shared.pulling import BatchPuller
 from shared.release_log import ReleaseLog
 from shared.subjects import REQUEST_STATE_CONSUMER
 
 from services.ingress.projection import final_message, state_update
-from services.ingress.state_store import RequestStateStore, RequestStatus
+from services.ingress.state_store import RequestStateStore, StateUpdate
 
 log = structlog.get_logger(__name__)
+
+# Up to this many events are fetched and written to Redis in one round trip
+# each. Under load a batch fills within a millisecond or two; when traffic is
+# light a fetch returns the events that are there, so a batch never waits.
+FETCH_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """What one well-formed event writes: its status update and, for a request ending before moderation, a final."""
+
+    msg: Msg
+    envelope: Envelope
+    update: StateUpdate
+    final: dict | None
 
 
 class RequestStateProjector:
     """Applies events to status records and closes the release log of requests that end before moderation."""
 
-    def __init__(self, store: RequestStateStore, release_log: ReleaseLog) -> None:
+    def __init__(self, client: redis.Redis, store: RequestStateStore, release_log: ReleaseLog) -> None:
+        self._redis = client
         self._store = store
         self._release_log = release_log
 
-    async def project(self, envelope: Envelope) -> RequestStatus | None:
-        """Apply one event; return the request's status afterwards, or None for an event that changes nothing.
+    async def handle_batch(self, batch: list[Msg]) -> None:
+        """Project a batch in stream order in one Redis pipeline, then ack, nack or terminate each message.
 
-        Safe to repeat: a redelivered event writes the same values again.
-        Raises `pydantic.ValidationError` for a payload that does not fit its
-        type and `redis.exceptions.RedisError` when Redis fails.
+        Safe to repeat: a redelivered event writes the same values again. An
+        event type that changes nothing is acked at once.
         """
-        update = state_update(envelope)
-        if update is None:
-            return None
-        status = await self._store.apply(envelope.tenant, envelope.request_id, update)
-        final = final_message(envelope)
-        if final is not None:
-            # No-op when moderation closed the log first.
-            await self._release_log.append_final(envelope.tenant, envelope.request_id, final)
-        return status
-
-    async def handle(self, msg: NatsMessage) -> None:
-        """Project one bus message, then ack, nack or terminate it."""
-        try:
-            envelope = decode_message(msg.body)
-        except MalformedMessage as error:
-            await reject_malformed(msg, error, message_id=msg.message_id)
+        projections = [projection for msg in batch if (projection := await self._prepare(msg)) is not None]
+        if not projections:
             return
-        await self._handle_envelope(envelope, msg)
-
-    async def _handle_envelope(self, envelope: Envelope, msg: NatsMessage) -> None:
-        context = {"request_id": envelope.request_id, "tenant": envelope.tenant, "event_type": envelope.type.value}
         try:
-            status = await self.project(envelope)
-        except ValidationError as error:
-            await reject_malformed(msg, invalid_payload(envelope, error), **context)
-            return
+            await self._write(projections)
         except RedisError as error:
-            await nack_for_retry(msg, "state_write_failed", error, **context)
+            for projection in projections:
+                await nack_for_retry(projection.msg, "state_write_failed", error, **_context(projection.envelope))
             return
-        await msg.ack()
-        log.debug("event_projected", **context, status=status.value if status else None)
+        for projection in projections:
+            await _ack(projection)
+
+    async def _prepare(self, msg: Msg) -> _Projection | None:
+        """Decode one message; settle it and return None when it is malformed or changes nothing."""
+        try:
+            envelope = decode_message(msg.data)
+        except MalformedMessage as error:
+            await reject_malformed(msg, error, sequence=msg.metadata.sequence.stream)
+            return None
+        try:
+            update = state_update(envelope)
+            final = final_message(envelope) if update is not None else None
+        except ValidationError as error:
+            await reject_malformed(msg, invalid_payload(envelope, error), **_context(envelope))
+            return None
+        if update is None:
+            await msg.ack()
+            return None
+        return _Projection(msg, envelope, update, final)
+
+    async def _write(self, projections: list[_Projection]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for projection in projections:
+                envelope = projection.envelope
+                await self._store.queue_apply(pipe, envelope.tenant, envelope.request_id, projection.update)
+                if projection.final is not None:
+                    # A no-op when moderation closed the log first.
+                    await self._release_log.queue_append_final(
+                        pipe, envelope.tenant, envelope.request_id, projection.final
+                    )
+            await pipe.execute()
+
+    def puller(self) -> BatchPuller:
+        """Return the pull loop that feeds `handle_batch` from the `request-state` consumer."""
+        return BatchPuller(REQUEST_STATE_CONSUMER, self.handle_batch, batch_size=FETCH_BATCH_SIZE)
 
 
-def subscribe_projector(broker: NatsBroker, projector: RequestStateProjector) -> None:
-    """Bind `projector` to the durable `request-state` consumer; messages flow once the broker starts."""
+async def _ack(projection: _Projection) -> None:
+    try:
+        await projection.msg.ack()
+    except BUS_ERRORS as error:
+        # The write is done and safe to repeat, so JetStream redelivering the event costs nothing.
+        log.warning("ack_failed", error=repr(error), **_context(projection.envelope))
+        return
+    log.debug("event_projected", **_context(projection.envelope))
 
-    async def project_event(msg: NatsMessage) -> None:
-        await projector.handle(msg)
 
-    # One message per fetch: FastStream handles the messages of one fetch
-    # concurrently, and a request's events must be applied in stream order
-    # so that a terminal status never shows before the verdicts that led to it.
-    durable_subscriber(broker, REQUEST_STATE_CONSUMER, batch_size=1, ack_policy=AckPolicy.MANUAL)(project_event)
+def _context(envelope: Envelope) -> dict[str, str]:
+    return {"request_id": envelope.request_id, "tenant": envelope.tenant, "event_type": envelope.type.value}

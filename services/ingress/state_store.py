@@ -4,6 +4,12 @@ Key: `sluice:request:<tenant>:<request_id>`. Every field is a string, as Redis
 stores it. The status changes in a Lua script that compares ranks
 (screening < queued < generating < any terminal status), so two projector
 replicas that apply events out of order cannot move a request back.
+
+When the status turns terminal, the same script appends one entry to the
+request's terminal notice, a Redis stream at
+`sluice:request-ended:<tenant>:<request_id>`. A reader that must not act
+before the record is terminal (the WebSocket's final message) blocks on that
+stream instead of polling the record.
 """
 
 from __future__ import annotations
@@ -69,16 +75,21 @@ class RecordField(str, enum.Enum):
     ERROR_MESSAGE = "error_message"
 
 
-# KEYS[1] is the record. ARGV[1] is the TTL in seconds, ARGV[2] the new status
-# ('' to leave it), ARGV[3] its rank, ARGV[4..] field/value pairs that are
+# KEYS[1] is the record, KEYS[2] the terminal notice. ARGV[1] is the TTL in
+# seconds, ARGV[2] the new status ('' to leave it), ARGV[3] its rank, ARGV[4]
+# '1' when that status is terminal, ARGV[5..] field/value pairs that are
 # always written. Returns the status after the update.
 _APPLY_SCRIPT = """
-if #ARGV > 3 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if #ARGV > 4 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 end
 local current_rank = tonumber(redis.call('HGET', KEYS[1], 'status_rank')) or 0
 if ARGV[2] ~= '' and tonumber(ARGV[3]) > current_rank then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'status_rank', ARGV[3])
+  if ARGV[4] == '1' then
+    redis.call('XADD', KEYS[2], '*', 'status', ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return redis.call('HGET', KEYS[1], 'status')
@@ -87,6 +98,10 @@ return redis.call('HGET', KEYS[1], 'status')
 
 def record_key(tenant: str, request_id: str) -> str:
     return f"sluice:request:{tenant}:{request_id}"
+
+
+def terminal_notice_key(tenant: str, request_id: str) -> str:
+    return f"sluice:request-ended:{tenant}:{request_id}"
 
 
 @dataclass(frozen=True)
@@ -110,12 +125,27 @@ class RequestStateStore:
 
     async def apply(self, tenant: str, request_id: str, update: StateUpdate) -> RequestStatus | None:
         """Write `update` to the record, creating it if needed, and return the record's status afterwards."""
+        current = await self._apply_script(keys=_apply_keys(tenant, request_id), args=self._apply_args(update))
+        return RequestStatus(_text(current)) if current else None
+
+    async def queue_apply(self, pipe: redis.client.Pipeline, tenant: str, request_id: str, update: StateUpdate) -> None:
+        """Queue `apply` on `pipe`; it runs, in queue order, when the caller executes the pipeline."""
+        await self._apply_script(keys=_apply_keys(tenant, request_id), args=self._apply_args(update), client=pipe)
+
+    def _apply_args(self, update: StateUpdate) -> list[str | int]:
         status = update.status.value if update.status else ""
         rank = STATUS_RANKS[update.status] if update.status else 0
+        terminal = "1" if update.status in TERMINAL_STATUSES else "0"
         pairs = [item for name, value in update.fields.items() for item in (name.value, value)]
-        args = [self._ttl_s, status, rank, *pairs]
-        current = await self._apply_script(keys=[record_key(tenant, request_id)], args=args)
-        return RequestStatus(_text(current)) if current else None
+        return [self._ttl_s, status, rank, terminal, *pairs]
+
+    async def wait_until_terminal(self, tenant: str, request_id: str, block_ms: int) -> bool:
+        """Return True once the record's status is terminal, or False when it was not within `block_ms`.
+
+        Returns at once when it is terminal already.
+        """
+        reply = await self._redis.xread({terminal_notice_key(tenant, request_id): "0-0"}, count=1, block=block_ms)
+        return bool(reply)
 
     async def read(self, tenant: str, request_id: str) -> dict[str, str] | None:
         """Return the record's fields, or None when this tenant has no record with a status for the id.
@@ -137,7 +167,11 @@ class RequestStateStore:
         return bool(await self._redis.hexists(record_key(tenant, request_id), RecordField.STATUS.value))
 
     async def delete(self, tenant: str, request_id: str) -> None:
-        await self._redis.delete(record_key(tenant, request_id))
+        await self._redis.delete(*_apply_keys(tenant, request_id))
+
+
+def _apply_keys(tenant: str, request_id: str) -> list[str]:
+    return [record_key(tenant, request_id), terminal_notice_key(tenant, request_id)]
 
 
 def _text(value: bytes | str) -> str:

@@ -26,7 +26,7 @@ from shared.release_log import ReleaseLog, offset_to_entry_id
 from services.ingress.auth import ApiKeyAuthenticator
 from services.ingress.errors import AuthenticationError
 from services.ingress.routes_requests import STREAM_ROUTE_NAME
-from services.ingress.state_store import TERMINAL_STATUSES, RequestStateStore
+from services.ingress.state_store import RequestStateStore
 
 log = structlog.get_logger(__name__)
 
@@ -37,11 +37,10 @@ STREAM_READ_BLOCK_MS = 1_000
 
 # The final message is held back until the status record is terminal, so
 # GET /v1/requests/{id} called after the final message returns the finished
-# request. The projector normally records the status within tens of
-# milliseconds of the final message (an estimate from local runs). The bound
-# keeps a stalled projector from keeping the stream open.
+# request. The projector records the status a few milliseconds after the
+# final message, and the wait ends on the record's terminal notice, without
+# polling. The bound keeps a stalled projector from keeping the stream open.
 FINAL_STATUS_WAIT_S = 5.0
-FINAL_STATUS_POLL_INTERVAL_S = 0.02
 
 # Application close codes (RFC 6455 leaves 4000-4999 to applications), named
 # after the HTTP status with the same meaning.
@@ -85,10 +84,10 @@ class ReleaseStreamer:
 
     async def _wait_for_terminal_status(self, tenant: str, request_id: str) -> None:
         deadline = time.monotonic() + FINAL_STATUS_WAIT_S
-        while time.monotonic() < deadline:
-            if await self._state_store.status(tenant, request_id) in TERMINAL_STATUSES:
+        while (remaining_s := deadline - time.monotonic()) > 0:
+            block_ms = max(1, min(STREAM_READ_BLOCK_MS, int(remaining_s * 1000)))
+            if await self._state_store.wait_until_terminal(tenant, request_id, block_ms):
                 return
-            await asyncio.sleep(FINAL_STATUS_POLL_INTERVAL_S)
         log.warning("final_sent_before_terminal_status", request_id=request_id, tenant=tenant, waited_s=FINAL_STATUS_WAIT_S)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
 
 from services.moderation.moderator import STAGE, Disposition, Moderator
 from services.moderation.sink import DeliveryFailed
@@ -29,15 +29,15 @@ class ChunkHandler:
     def __init__(self, moderator: Moderator) -> None:
         self._moderator = moderator
 
-    async def handle(self, msg: NatsMessage) -> None:
+    async def handle(self, msg: Msg) -> None:
         """Process one message: a malformed one is terminated, a failed write is redelivered after `RETRY_DELAY_S`."""
         try:
-            envelope, payload = decode_event(msg.body, CHUNK_EVENT_TYPES)
+            envelope, payload = decode_event(msg.data, CHUNK_EVENT_TYPES)
         except MalformedMessage as error:
             await reject_malformed(msg, error, stage=STAGE)
             return
 
-        deliveries = msg.raw_message.metadata.num_delivered
+        deliveries = msg.metadata.num_delivered
         with bind_request_context(envelope):
             try:
                 disposition = await self._dispatch(envelope, payload, deliveries)
@@ -46,7 +46,7 @@ class ChunkHandler:
                 return
 
         if disposition is Disposition.RETRY:
-            await msg.nack(delay=RETRY_DELAY_S)
+            await msg.nak(delay=RETRY_DELAY_S)
         else:
             await msg.ack()
 

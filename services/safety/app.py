@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import structlog
-from faststream import AckPolicy, FastStream
-from faststream.nats.annotations import NatsMessage
+from faststream import FastStream
 
 from services.safety.handler import AcceptedHandler
 from services.safety.screening import Screener
-from shared.bus import EventPublisher, durable_subscriber, make_broker
+from shared.bus import EventPublisher, make_broker
+from shared.pulling import ConcurrentPuller
 from shared.scanning import build_input_chain, load_policy
 from shared.service import build_app
 from shared.settings import Settings
@@ -17,6 +17,10 @@ from shared.subjects import SAFETY_CONSUMER
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "safety"
+
+# Messages handled at once. The chain runs one scan at a time, so only the
+# publishes overlap; a few in flight keep the chain busy while they wait.
+MAX_IN_FLIGHT = 16
 
 
 def make_app(settings: Settings) -> FastStream:
@@ -29,10 +33,5 @@ def make_app(settings: Settings) -> FastStream:
     handler = AcceptedHandler(Screener(input_chain), EventPublisher(broker))
     log.info("input_scanners_built", scanners=list(input_chain.names))
 
-    # FastStream handles the messages of one fetch concurrently; the chain
-    # runs one scan at a time, so only the publishes overlap.
-    @durable_subscriber(broker, SAFETY_CONSUMER, ack_policy=AckPolicy.MANUAL)
-    async def on_accepted(msg: NatsMessage) -> None:
-        await handler.handle(msg)
-
-    return build_app(SERVICE_NAME, broker, settings)
+    puller = ConcurrentPuller(SAFETY_CONSUMER, handler.handle, max_in_flight=MAX_IN_FLIGHT)
+    return build_app(SERVICE_NAME, broker, settings, pullers=[puller])

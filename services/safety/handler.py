@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
 
 from services.safety.screening import STAGE, Screener
 from shared.bus import EventPublisher
@@ -26,5 +26,5 @@ class AcceptedHandler(EnvelopeHandler):
         self._screener = screener
         self._publisher = publisher
 
-    async def process(self, msg: NatsMessage, envelope: Envelope, payload: AcceptedPayload) -> None:
+    async def process(self, msg: Msg, envelope: Envelope, payload: AcceptedPayload) -> None:
         await self._publisher.publish(await self._screener.screen(envelope, payload))

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from shared.bus import EventPublisher, make_broker
 from shared.events import Envelope, Verdict
 from shared.release_log import ReleaseLog, offset_to_entry_id
-from shared.subjects import REQUEST_STATE_CONSUMER
+from shared.subjects import EVENTS_SUBJECT_PREFIX, REQUEST_STATE_CONSUMER
 
 from services.ingress.projection import MODERATION_FINISH_REASON
 from tests.ingress import event_builders as events
@@ -218,3 +218,25 @@ async def test_projected_events_are_acked(
     assert await wait_until(all_acked)
     info = await js.consumer_info(REQUEST_STATE_CONSUMER.stream, REQUEST_STATE_CONSUMER.durable)
     assert info.num_redelivered == 0
+
+
+async def test_malformed_event_does_not_stall_batch(
+    publisher: EventPublisher, http: httpx.AsyncClient, api_keys: ApiKeys, nats_client: NatsClient
+) -> None:
+    js = nats_client.jetstream()
+    start = events.accepted()
+    # Published together, so the projector very likely fetches them in one batch. The
+    # subject is one no other test reads, so their readers never meet the malformed message.
+    await js.publish(f"{EVENTS_SUBJECT_PREFIX}.projector-test.malformed", b"{not an envelope")
+    await _publish(publisher, events.completed_sequence(start))
+
+    body = await _status_when(http, api_keys.acme, start.request_id, {"completed"})
+
+    assert body["status"] == "completed"
+
+    async def settled() -> bool:
+        info = await js.consumer_info(REQUEST_STATE_CONSUMER.stream, REQUEST_STATE_CONSUMER.durable)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    # The malformed message is terminated, not left pending for redelivery.
+    assert await wait_until(settled)
