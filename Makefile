@@ -37,7 +37,8 @@ $(BENCH_INSTALLED): requirements-bench.lock $(INSTALLED)
 	touch $(BENCH_INSTALLED)
 
 # Runs every benchmark in load_tests/ and writes docs/benchmarks.md; takes
-# about seven minutes on two cores and needs the machine to itself.
+# about 18 minutes on two cores (ten of them the memory run) and needs the
+# machine to itself.
 bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m load_tests.bench
 
