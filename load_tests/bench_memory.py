@@ -155,6 +155,9 @@ def _section(result: LoadResult, sampler: RssSampler, plan: Plan, quick: bool) -
         f"total p50/p99 {total[0]:.1f} / {total[2]:.1f} ms, from each request's due time.",
         "A service that cannot keep up with the rate holds the backlog in JetStream, not in its own memory, "
         "because every puller fetches only what it has room for; ingress holds one connection per waiting client.",
+        "nats-server and redis-server are stores: they keep every event (the EVENTS stream's retention) and every "
+        "status record and release log (until their TTL), so their memory grows with the data by design. "
+        "The flatness target applies to the services.",
     ]
     if quick:
         notes.append("Quick run: a lower rate for seconds, so these figures are noise.")
