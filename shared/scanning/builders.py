@@ -1,9 +1,14 @@
-"""Building llm-guard scanners from a validated policy, once per process.
+"""Building the scanners of a validated policy, once per process.
+
+Every type builds llm-guard's scanner of that name, except `Secrets`, which
+builds Sluice's own `SecretsScanner` (`shared.scanning.secrets`). That
+scanner has llm-guard's options, contract and plugin set, without the
+setup that llm-guard's Secrets scanner repeats on every scan.
 
 llm-guard takes about 6 s to import (llm-guard 0.3.16 on 2 CPU cores), so it
 is imported here, when the first chain is built at startup, and never on the
-message path. This module is the one place where llm-guard and tiktoken
-construction errors become `PolicyError`.
+message path. This module is the one place where llm-guard, detect-secrets
+and tiktoken construction errors become `PolicyError`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, Literal
 
 from shared.scanning.chain import PolicyScanner, ScanFunction, ScannerChain
 from shared.scanning.errors import PolicyError
-from shared.scanning.policy import BanSubstringsSpec, Policy, RegexSpec, ScannerSpec, TokenLimitSpec
+from shared.scanning.policy import BanSubstringsSpec, Policy, RegexSpec, ScannerSpec, SecretsSpec, TokenLimitSpec
 
 Section = Literal["input", "output"]
 
@@ -66,7 +71,11 @@ def _construct(section: Section, spec: ScannerSpec) -> ScanFunction:
     # Importing the package imports every scanner module: this is the slow step.
     from llm_guard import input_scanners, output_scanners
 
+    from shared.scanning.secrets import SecretsScanner
+
     options: dict[str, Any] = spec.options.model_dump()
+    if isinstance(spec, SecretsSpec):
+        return SecretsScanner(**options).scan
     if section == "input":
         return getattr(input_scanners, spec.type)(**options).scan  # type: ignore[no-any-return]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,12 +15,6 @@ from shared.scanning.policy import Action
 # score runs from -1.0 to 1.0 in llm-guard 0.3.16, where values at or below
 # 0.0 mean no risk.
 ScanFunction = Callable[[str], tuple[str, bool, float]]
-
-# llm-guard's Secrets scanner switches detect-secrets' process-wide settings
-# while it scans, so two concurrent scans, even by different chains, could see
-# each other's settings. Every chain in the process scans under this lock.
-_SCAN_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class PolicyScanner:
@@ -68,8 +61,10 @@ class ScannerChain:
     characters runs before the substring checks. Every scanner runs even
     after one blocked, so the verdict lists all of them.
 
-    Scans run one at a time in the whole process, even when several
-    threads call `scan` on one or more chains.
+    Several threads may scan at once, because the scanners that a policy
+    allows keep no state between scans. That is one reason why the policy's
+    Secrets entry is Sluice's own scanner: llm-guard 0.3.16's switches
+    detect-secrets' process-wide settings while it scans.
     """
 
     def __init__(self, scanners: Sequence[PolicyScanner]) -> None:
@@ -100,13 +95,8 @@ class ScannerChain:
     def scan(self, text: str) -> ChainResult:
         """Run every scanner on `text` in the calling thread.
 
-        Blocks while another thread scans with any chain. Raises
-        `ScannerFailed` when a scanner raises; the original error is the cause.
+        Raises `ScannerFailed` when a scanner raises; the original error is the cause.
         """
-        with _SCAN_LOCK:
-            return self._scan_all(text)
-
-    def _scan_all(self, text: str) -> ChainResult:
         started = time.perf_counter()
         results: list[ScannerResult] = []
         blocking: PolicyScanner | None = None

@@ -1,9 +1,12 @@
-"""The policy file: which llm-guard scanners screen prompts and outputs, in order, and what each does on a match.
+"""The policy file: which scanners screen prompts and outputs, in order, and what each does on a match.
 
 A policy is YAML with two lists, `input` (prompt screening) and `output`
-(moderation). Each entry names an llm-guard scanner `type`, its `options`
-(keyword arguments of the llm-guard constructor) and an `action`: `block`
-stops the request, `flag` records the verdict without blocking. Example:
+(moderation). Each entry names a scanner `type`, its `options` (keyword
+arguments of the scanner's constructor) and an `action`: `block` stops the
+request, `flag` records the verdict without blocking. Every type is the
+llm-guard scanner of that name, except `Secrets`: that is Sluice's own
+detector (`shared.scanning.secrets`), with the contract, options and plugin
+set of llm-guard's Secrets scanner. Example:
 
     input:
       - type: Secrets
@@ -47,6 +50,10 @@ MAX_SHOWN_VALUE_CHARS = 80
 
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
 Action = Literal["block", "flag"]
+# How the Secrets scanner replaces a secret: "partial" keeps the first two
+# and the last two characters, "all" writes "******", "hash" writes the
+# secret's MD5 digest.
+RedactMode = Literal["partial", "all", "hash"]
 
 
 class _StrictModel(BaseModel):
@@ -58,9 +65,9 @@ class NoOptions(_StrictModel):
 
 
 class SecretsOptions(_StrictModel):
-    """Options of llm-guard's Secrets scanner; the defaults are llm-guard 0.3.16's."""
+    """Options of the Secrets scanner, which are llm-guard 0.3.16's Secrets options with its defaults."""
 
-    redact_mode: Literal["partial", "all", "hash"] = "all"
+    redact_mode: RedactMode = "all"
 
 
 class BanSubstringsOptions(_StrictModel):

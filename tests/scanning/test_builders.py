@@ -60,13 +60,13 @@ def test_unbounded_regex_checked_whole_only(options: dict[str, object]) -> None:
 
 
 def test_build_error_names_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm_guard import input_scanners
+    from shared.scanning import secrets
 
     def reject_options(**options: object) -> None:
         raise ValueError("redact mode wasn't recognized")
 
-    # Valid policies build, so the llm-guard class is replaced by one that raises as its constructor can.
-    monkeypatch.setattr(input_scanners, "Secrets", reject_options)
+    # Valid policies build, so the scanner class is replaced by one that raises as its constructor can.
+    monkeypatch.setattr(secrets, "SecretsScanner", reject_options)
     policy = parse_policy({"input": [{"type": "InvisibleText"}, {"type": "Secrets", "name": "Keys"}]}, source="p.yaml")
 
     with pytest.raises(PolicyError) as caught:
@@ -74,3 +74,18 @@ def test_build_error_names_entry(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert str(caught.value) == "policy file p.yaml: input[1] (Keys) cannot be built: ValueError: redact mode wasn't recognized"
     assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_secrets_entry_builds_sluice_scanner(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_guard import input_scanners
+
+    def fail_if_built(**options: object) -> None:
+        raise AssertionError("llm-guard's Secrets class was built")
+
+    monkeypatch.setattr(input_scanners, "Secrets", fail_if_built)
+    policy = parse_policy({"input": [{"type": "Secrets", "options": {"redact_mode": "partial"}}]}, source="p.yaml")
+
+    result = build_input_chain(policy).scan("my key is AKIAZ4TQ7NKW2FJX5L3M, keep it")
+
+    assert result.blocked_by == "Secrets"
+    assert result.sanitized_text == "my key is AK..3M, keep it"
