@@ -5,7 +5,9 @@ chain as the moderation service builds it (`load_policy`, then
 `build_input_chain` / `build_output_chain`). A scanner alone is timed as a
 one-scanner chain built from its own policy entry, so every row pays the same
 chain overhead. The output rows also time the chain's streaming part, which
-moderation runs on each new window of output.
+moderation runs on each new window of output. One more input row times
+llm-guard 0.3.16's own Secrets scanner, which the policy's Secrets entry
+replaced, on the same texts.
 
 Run alone: `python -m load_tests.bench_screening [--quick]`.
 """
@@ -16,13 +18,22 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from load_tests.latency import LatencySummary, format_ms, time_sequential
+from load_tests.latency import LatencySummary, format_ms, summarize, time_sequential
 from load_tests.report import BenchSection
-from shared.scanning import ChainResult, Policy, ScannerChain, build_input_chain, build_output_chain, load_policy
+from shared.scanning import (
+    ChainResult,
+    Policy,
+    PolicyScanner,
+    ScannerChain,
+    build_input_chain,
+    build_output_chain,
+    load_policy,
+)
 from shared.scanning import configure_scanner_runtime
 from shared.logs import configure_logging
 from shared.settings import DEFAULT_CONFIG_DIR, REPO_ROOT, Settings
@@ -49,8 +60,9 @@ DOMINANT_SHARE = 0.5
 
 COMMAND = "python -m load_tests.bench_screening"
 TITLE = "Screening: scanner latency"
-HEADERS = ["chain", "scanner", "prompt chars", "p50 ms", "p99 ms"]
+HEADERS = ["chain", "scanner", "prompt chars", "p50 ms", "p99 ms", "CPU p50 ms", "CPU p99 ms"]
 WHOLE_CHAIN = "whole chain"
+LLM_GUARD_SECRETS = "llm-guard 0.3.16's own Secrets scanner (replaced, not in the chain)"
 # The services' default log level. llm-guard logs every scan at debug through
 # structlog, which prints everything until configured, so timing without the
 # services' level filter would time the printing.
@@ -61,11 +73,23 @@ Section = Literal["input", "output"]
 
 
 @dataclasses.dataclass(frozen=True)
+class Timing:
+    """Percentiles of one timed loop: wall-clock time per scan, and process CPU time per scan.
+
+    CPU time leaves out the time the process waited for a core, which other
+    work on a shared machine adds to the wall-clock tail.
+    """
+
+    wall: LatencySummary
+    cpu: LatencySummary
+
+
+@dataclasses.dataclass(frozen=True)
 class Measurement:
     chain: Section
     scanner: str
     chars: int
-    summary: LatencySummary
+    timing: Timing
 
 
 def load_benign_texts(folder: Path) -> list[str]:
@@ -97,20 +121,37 @@ def texts_of_length(texts: list[str], chars: int, count: int) -> list[str]:
     return built
 
 
-def time_scans(scan: Callable[[str], object], texts: list[str], iterations: int, warmup: int) -> LatencySummary:
+def time_scans(scan: Callable[[str], object], texts: list[str], iterations: int, warmup: int) -> Timing:
     """Time `scan` on `texts` in turn, in the calling thread."""
 
     async def call(index: int) -> object:
         return scan(texts[index % len(texts)])
 
-    return asyncio.run(time_sequential(call, iterations, warmup))
+    return _timed(call, iterations, warmup)
 
 
-def time_async_scans(
-    scan: Callable[[str], Awaitable[object]], texts: list[str], iterations: int, warmup: int
-) -> LatencySummary:
+def time_async_scans(scan: Callable[[str], Awaitable[object]], texts: list[str], iterations: int, warmup: int) -> Timing:
     """Time the coroutine `scan` on `texts` in turn, on a new event loop."""
-    return asyncio.run(time_sequential(lambda index: scan(texts[index % len(texts)]), iterations, warmup))
+
+    async def call(index: int) -> object:
+        return await scan(texts[index % len(texts)])
+
+    return _timed(call, iterations, warmup)
+
+
+def _timed(call: Callable[[int], Awaitable[object]], iterations: int, warmup: int) -> Timing:
+    """Run `time_sequential` on `call` and also take the process CPU time of each timed call."""
+    cpu_ns: list[int] = []
+
+    async def measured_call(index: int) -> object:
+        # Process CPU time also counts a worker thread's, which `scan_async` uses.
+        started_ns = time.process_time_ns()
+        result = await call(index)
+        cpu_ns.append(time.process_time_ns() - started_ns)
+        return result
+
+    wall = asyncio.run(time_sequential(measured_call, iterations, warmup))
+    return Timing(wall=wall, cpu=summarize(cpu_ns[warmup:], wall.elapsed_ns))
 
 
 def single_scanner_chains(policy: Policy, section: Section) -> list[tuple[str, ScannerChain]]:
@@ -118,6 +159,21 @@ def single_scanner_chains(policy: Policy, section: Section) -> list[tuple[str, S
     specs = policy.input if section == "input" else policy.output
     build = build_input_chain if section == "input" else build_output_chain
     return [(spec.label, build(dataclasses.replace(policy, **{section: (spec,)}))) for spec in specs]
+
+
+def llm_guard_secrets_chain(policy: Policy) -> ScannerChain | None:
+    """Build a one-scanner chain of llm-guard's own Secrets scanner with the options of the policy's Secrets entry.
+
+    Returns None when the policy has no Secrets entry.
+    """
+    spec = next((spec for spec in policy.input if spec.type == "Secrets"), None)
+    if spec is None:
+        return None
+
+    from llm_guard.input_scanners import Secrets
+
+    scanner = Secrets(**spec.options.model_dump())
+    return ScannerChain([PolicyScanner(name=LLM_GUARD_SECRETS, action=spec.action, reason="", scan=scanner.scan, max_match_chars=None)])
 
 
 def blocked_count(chain: ScannerChain, texts: list[str]) -> dict[str, int]:
@@ -143,8 +199,9 @@ class ScreeningBenchmark:
         self._warmup = warmup
         self.input_chain = build_input_chain(policy)
         self.output_chain = build_output_chain(policy)
+        self.replaced_secrets_chain = llm_guard_secrets_chain(policy)
 
-    def _time(self, scan: Callable[[str], object], chars: int) -> LatencySummary:
+    def _time(self, scan: Callable[[str], object], chars: int) -> Timing:
         return time_scans(scan, self._texts_by_chars[chars], self._iterations, self._warmup)
 
     def _measure_scanners(self, section: Section, whole: ScannerChain, chars: int) -> list[Measurement]:
@@ -156,12 +213,18 @@ class ScreeningBenchmark:
         return measurements
 
     def measure_input(self) -> list[Measurement]:
-        """Time each input scanner alone, the whole chain, and the whole chain through `scan_async`, as safety runs it."""
+        """Time each input scanner alone, the whole chain, and the whole chain through `scan_async`, as safety runs it.
+
+        Also times llm-guard's own Secrets scanner, when the policy has a Secrets entry.
+        """
         measurements = []
         for chars, texts in self._texts_by_chars.items():
             measurements += self._measure_scanners("input", self.input_chain, chars)
             in_thread = time_async_scans(self.input_chain.scan_async, texts, self._iterations, self._warmup)
             measurements.append(Measurement("input", "whole chain, `scan_async` (worker thread)", chars, in_thread))
+            if self.replaced_secrets_chain is not None:
+                replaced = self._time(self.replaced_secrets_chain.scan, chars)
+                measurements.append(Measurement("input", LLM_GUARD_SECRETS, chars, replaced))
         return measurements
 
     def measure_output(self) -> list[Measurement]:
@@ -179,28 +242,22 @@ def dominant_scanner_note(policy: Policy, measurements: list[Measurement]) -> st
     """Return a note when one input scanner's p50 is at least `DOMINANT_SHARE` of the whole chain's on the longest text."""
     longest = max(TEXT_CHARS)
     whole = next(m for m in measurements if m.chars == longest and m.scanner == WHOLE_CHAIN)
-    labels = {spec.label: spec.type for spec in policy.input}
+    labels = {spec.label for spec in policy.input}
     singles = [m for m in measurements if m.chars == longest and m.scanner in labels]
-    top = max(singles, key=lambda m: m.summary.p50_ns)
-    share = top.summary.p50_ns / whole.summary.p50_ns
+    top = max(singles, key=lambda m: m.timing.wall.p50_ns)
+    share = top.timing.wall.p50_ns / whole.timing.wall.p50_ns
     if share < DOMINANT_SHARE:
         return None
-    note = (
-        f"On {longest:,} characters {top.scanner} alone has a p50 of {format_ms(top.summary.p50_ns)} ms, "
-        f"against {format_ms(whole.summary.p50_ns)} ms for the whole input chain."
+    return (
+        f"On {longest:,} characters {top.scanner} alone has a p50 of {format_ms(top.timing.wall.p50_ns)} ms, "
+        f"against {format_ms(whole.timing.wall.p50_ns)} ms for the whole input chain."
     )
-    if labels[top.scanner] == "Secrets":
-        note += (
-            " llm-guard 0.3.16's Secrets scanner writes each prompt to a temporary file and switches "
-            "detect-secrets' settings around every scan, which clears and reloads its plugins."
-        )
-    return note
 
 
 def measurement_row(measurement: Measurement) -> list[str]:
-    summary = measurement.summary
-    p50, p99 = format_ms(summary.p50_ns), format_ms(summary.p99_ns)
-    return [measurement.chain, measurement.scanner, f"{measurement.chars:,}", p50, p99]
+    wall, cpu = measurement.timing.wall, measurement.timing.cpu
+    percentiles = [format_ms(wall.p50_ns), format_ms(wall.p99_ns), format_ms(cpu.p50_ns), format_ms(cpu.p99_ns)]
+    return [measurement.chain, measurement.scanner, f"{measurement.chars:,}", *percentiles]
 
 
 def skipped_section(command: str, reason: str) -> BenchSection:
@@ -233,9 +290,14 @@ def run(quick: bool) -> BenchSection:
         f"texts per size. Each text joins benign prompts from {' and '.join(PROMPT_FILES)} and cuts them to size. "
         "The output rows use the same texts as stand-ins for model output.",
         "A scanner alone runs as a one-scanner chain, so its row includes the chain's own overhead "
-        "(a process-wide lock and one verdict object per scanner).",
+        "(one verdict object per scanner).",
+        "The policy's Secrets entry is Sluice's own scanner (`shared/scanning/secrets.py`), with llm-guard's "
+        "contract and plugin set. The row of llm-guard's own Secrets scanner, which writes each prompt to a "
+        "temporary file and re-creates detect-secrets' 112 plugins around every scan, times what it replaced.",
         "`scan_async` is how the safety and moderation services call a chain: the scan runs in a worker "
         "thread, so its row adds the thread handoff.",
+        "The CPU columns are the process CPU time of each scan, which leaves out time spent waiting for a "
+        "core. Where the wall-clock p99 is far above the CPU p99, other work on the machine caused the tail.",
         "The streaming part is what moderation runs on each new window of output (the unreleased text "
         f"plus the last {benchmark.output_chain.holdback_chars} characters). A real window is usually "
         "shorter than these texts.",
