@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import nats
@@ -32,11 +34,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from load_tests.latency import LatencySummary, format_us, time_sequential
-from load_tests.report import BenchSection
-from shared.bus import EventPublisher, ensure_jetstream, make_broker
+from load_tests.report import BenchSection, BenchTable
+from shared.bus import EventPublisher, consumer_config, ensure_jetstream, make_broker
 from shared.embedded.infrastructure import free_port, start_nats
 from shared.events import AcceptedPayload, ChatMessage, Envelope, EventType, RequestSpec, new_envelope
-from shared.subjects import event_subject
+from shared.subjects import ConsumerSpec, event_subject
 
 HOST = "127.0.0.1"
 
@@ -51,6 +53,12 @@ REQUEST_TIMEOUT_S = 5.0
 # A prompt of this size makes the request.accepted envelope about 0.6 kB,
 # as for a short chat request.
 PROMPT_CHARS = 200
+
+# The pull rows fetch one message at a time, as a stage does under light
+# load, and a full batch, as the telemetry and request-state consumers do under load.
+PULL_BATCH_SIZES = (1, 64)
+PULL_FETCH_TIMEOUT_S = 1.0
+PULL_CONSUMER = ConsumerSpec("EVENTS", "bench-pull", event_subject(EventType.ACCEPTED))
 
 ECHO_SUBJECT = "bench.echo.raw"
 FASTSTREAM_ECHO_SUBJECT = "bench.echo.faststream"
@@ -134,8 +142,39 @@ async def measure_event_publisher(url: str, envelopes: list[Envelope], count: in
         await broker.stop()
 
 
-async def measure_all(url: str, count: int) -> list[tuple[str, LatencySummary]]:
-    """Measure every path in turn against the nats-server at `url`."""
+async def measure_pull(client: NatsClient, batch_size: int, count: int) -> float:
+    """Return this process's CPU µs per message for fetching `count` messages `batch_size` at a time and acking each.
+
+    The messages are those the JetStream rows published; a new durable consumer starts at the first of them.
+    """
+    jetstream = client.jetstream(timeout=REQUEST_TIMEOUT_S)
+    await jetstream.add_consumer(PULL_CONSUMER.stream, consumer_config(PULL_CONSUMER))
+    subscription = await jetstream.pull_subscribe_bind(durable=PULL_CONSUMER.durable, stream=PULL_CONSUMER.stream)
+    received = 0
+    started = time.process_time()
+    while received < count:
+        messages = await subscription.fetch(min(batch_size, count - received), timeout=PULL_FETCH_TIMEOUT_S)
+        for message in messages:
+            await message.ack()
+        received += len(messages)
+    cpu_us = (time.process_time() - started) * 1e6 / count
+    await subscription.unsubscribe()
+    await jetstream.delete_consumer(PULL_CONSUMER.stream, PULL_CONSUMER.durable)
+    return cpu_us
+
+
+async def _cpu_timed(measure: Awaitable[LatencySummary]) -> tuple[LatencySummary, float]:
+    """Await `measure` and return its summary with this process's CPU µs per timed or warm-up iteration."""
+    started = time.process_time()
+    summary = await measure
+    return summary, (time.process_time() - started) * 1e6 / (summary.samples + WARMUP_REQUESTS)
+
+
+async def measure_all(url: str, count: int) -> tuple[list[tuple[str, LatencySummary, float]], list[tuple[str, float]]]:
+    """Measure every path in turn against the nats-server at `url`.
+
+    Returns the round-trip rows (path, latency, CPU µs per message) and the pull rows (path, CPU µs per message).
+    """
     per_path = WARMUP_REQUESTS + count
     envelopes = accepted_envelopes(2 * per_path)
     body = envelopes[0].model_dump_json().encode()
@@ -143,21 +182,40 @@ async def measure_all(url: str, count: int) -> list[tuple[str, LatencySummary]]:
     client = await nats.connect(url)
     try:
         await ensure_jetstream(client.jetstream())
-        raw_jetstream = await measure_raw_jetstream(client, envelopes[:per_path], count)
+        raw_jetstream = await _cpu_timed(measure_raw_jetstream(client, envelopes[:per_path], count))
+        pulls = [
+            (f"JetStream pull, fetch {size} + ack each, nats-py", await measure_pull(client, size, count))
+            for size in PULL_BATCH_SIZES
+        ]
     finally:
         await client.close()
 
-    return [
-        ("core request/reply, nats-py (floor)", await measure_raw_request(url, body, count)),
-        ("core request/reply, FastStream `broker.request`", await measure_faststream_request(url, body, count)),
-        ("JetStream publish + ack, nats-py", raw_jetstream),
-        ("JetStream publish + ack, `EventPublisher`", await measure_event_publisher(url, envelopes[per_path:], count)),
+    round_trips = [
+        ("core request/reply, nats-py (floor)", *await _cpu_timed(measure_raw_request(url, body, count))),
+        (
+            "core request/reply, FastStream `broker.request`",
+            *await _cpu_timed(measure_faststream_request(url, body, count)),
+        ),
+        ("JetStream publish + ack, nats-py", *raw_jetstream),
+        (
+            "JetStream publish + ack, `EventPublisher`",
+            *await _cpu_timed(measure_event_publisher(url, envelopes[per_path:], count)),
+        ),
     ]
+    return round_trips, pulls
 
 
-def summary_row(path: str, summary: LatencySummary) -> list[str]:
+def summary_row(path: str, summary: LatencySummary, cpu_us: float) -> list[str]:
     p50, p99 = format_us(summary.p50_ns), format_us(summary.p99_ns)
-    return [path, f"{summary.samples:,}", p50, p99, f"{summary.per_second:,.0f}"]
+    return [path, f"{summary.samples:,}", p50, p99, f"{summary.per_second:,.0f}", f"{cpu_us:,.0f}"]
+
+
+def pull_table(pulls: list[tuple[str, float]]) -> BenchTable:
+    return BenchTable(
+        title="Consuming: client CPU per message",
+        headers=["path", "CPU µs per message"],
+        rows=[[path, f"{cpu_us:,.0f}"] for path, cpu_us in pulls],
+    )
 
 
 def run(quick: bool) -> BenchSection:
@@ -167,7 +225,7 @@ def run(quick: bool) -> BenchSection:
         data_dir = Path(folder)
         server = start_nats(HOST, free_port(), data_dir, data_dir / "logs")
         try:
-            measured = asyncio.run(measure_all(f"nats://{HOST}:{server.port}", count))
+            measured, pulls = asyncio.run(measure_all(f"nats://{HOST}:{server.port}", count))
         finally:
             server.stop()
         body_bytes = len(accepted_envelopes(1)[0].model_dump_json().encode())
@@ -175,8 +233,8 @@ def run(quick: bool) -> BenchSection:
     return BenchSection(
         title="Bus floor: NATS round trips",
         command="python -m load_tests.bench_bus" + (" --quick" if quick else ""),
-        headers=["path", "samples", "p50 µs", "p99 µs", "requests/s"],
-        rows=[summary_row(path, summary) for path, summary in measured],
+        headers=["path", "samples", "p50 µs", "p99 µs", "requests/s", "client CPU µs per message"],
+        rows=[summary_row(path, summary, cpu_us) for path, summary, cpu_us in measured],
         baseline="core request/reply with nats-py is the floor of one hop on this machine; "
         "the rows below it add FastStream and JetStream persistence.",
         notes=[
@@ -188,7 +246,12 @@ def run(quick: bool) -> BenchSection:
             "to the EVENTS stream (file storage) with a Nats-Msg-Id header, as the services do.",
             "A JetStream publish can be faster than a core request/reply: nats-server sends the ack itself, "
             "while a request/reply also passes through the Python responder's callback.",
+            "Client CPU is this process's user plus system time over the timed and warm-up iterations; for "
+            "request/reply it includes the responder, which runs in the same process. nats-server's CPU is not in it.",
+            f"The pull rows read {count:,} of the messages the JetStream rows published, through a new durable "
+            "pull consumer, and ack each one, as the services' pullers do.",
         ],
+        tables=[pull_table(pulls)],
     )
 
 
