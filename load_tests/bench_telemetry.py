@@ -2,12 +2,13 @@
 
 A nats-server and the telemetry service (`python -m services.telemetry`, its
 own process, chDB under a temporary folder) start for the run. A warm-up
-batch is published and drained first. Then the measured batch is published
-with async JetStream publishes, and the clock stops when the `telemetry`
-durable consumer has nothing pending and nothing unacknowledged. The
-service acks a message only after its insert returned, so at that moment
-ClickHouse contains every event. The row count is then read through the
-store API to confirm it.
+batch is published and drained first. Then the measured batch is built,
+the clock starts, and the batch is published to JetStream, each message
+with a reply subject on which the server acks it. The clock stops when the
+`telemetry` durable consumer has nothing pending and nothing
+unacknowledged. The service acks a message only after its insert returned,
+so at that moment ClickHouse contains every event. The row count is then
+read through the store API to confirm it.
 
 Run alone: `python -m load_tests.bench_telemetry [--quick]`.
 """
@@ -21,13 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import psutil
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -56,9 +57,12 @@ FULL_INGEST_BUDGET_S = 180.0
 # The measured batch is rounded down to a multiple of this.
 BATCH_ROUNDING = 10_000
 
-# Publishes in flight before the publisher waits for their acks: nats-py
-# 2.16's default bound on pending async publishes (`publish_async_max_pending`).
-PUBLISH_WINDOW = 4_000
+# Publishes not yet acked before the publisher waits: twice nats-py 2.16's
+# default bound on pending async publishes (`publish_async_max_pending`).
+PUBLISH_WINDOW = 8_000
+# Room in nats-py's outgoing buffer before a publish waits for a flush: a
+# window of the largest events (prompts of 2,000 characters).
+PUBLISH_BUFFER_BYTES = 64 * 1024 * 1024
 # One window's acks take milliseconds, so this only turns a lost ack into a failed run instead of a hang.
 ACK_TIMEOUT_S = 30.0
 # The service imports chDB and opens ClickHouse before it fetches: seconds on two cores.
@@ -92,6 +96,8 @@ class BatchResult:
     service_cpu_s: float
     nats_cpu_s: float
     publisher_cpu_s: float
+    # Building the messages before the clock started, in this process.
+    build_cpu_s: float
     service_peak_rss_bytes: int
 
     @property
@@ -177,36 +183,66 @@ async def wait_until_fetching(jetstream: JetStreamContext, service: ManagedProce
     raise BenchError(f"the telemetry service did not fetch within {SERVICE_START_TIMEOUT_S} s; see {service.log_path}")
 
 
-async def settle_window(futures: list[asyncio.Future]) -> None:
-    """Wait for a window of publish acks.
+class PublishAcks:
+    """Counts JetStream's publish acks, which all arrive on one inbox subscription.
 
-    Raises `BenchError` when an ack is missing or JetStream dropped a message as a duplicate.
+    A publish ack is `{"stream":…,"seq":…}`, with `"duplicate":true` when the
+    server dropped the message as a copy, or `{"error":…}`. A reply without a
+    body is a status such as 503, when no stream takes the subject.
     """
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.duplicates = 0
+        self.errors = 0
+        self._progress = asyncio.Event()
+
+    async def receive(self, message: Msg) -> None:
+        self.acked += 1
+        if not message.data or b'"error"' in message.data:
+            self.errors += 1
+        elif b'"duplicate"' in message.data:
+            self.duplicates += 1
+        self._progress.set()
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until `count` acks arrived. Raises `BenchError` after `ACK_TIMEOUT_S` without progress."""
+        while self.acked < count:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), ACK_TIMEOUT_S)
+            except asyncio.TimeoutError as error:
+                raise BenchError(f"JetStream acked {self.acked:,} of {count:,} publishes; none for {ACK_TIMEOUT_S} s") from error
+
+    def check(self) -> None:
+        """Raise `BenchError` when JetStream rejected a message or dropped one as a duplicate."""
+        if self.errors:
+            raise BenchError(f"JetStream rejected {self.errors} publishes; see the nats-server log")
+        if self.duplicates:
+            raise BenchError(f"JetStream dropped {self.duplicates} messages as duplicates; every event id must be new")
+
+
+async def publish_all(client: NatsClient, messages: list[EventMessage]) -> int:
+    """Publish every message with at most `PUBLISH_WINDOW` unacked, and return the count once all are acked.
+
+    Raises `BenchError` when an ack is missing, an error or a duplicate.
+    """
+    acks = PublishAcks()
+    inbox = client.new_inbox()
+    subscription = await client.subscribe(inbox, cb=acks.receive, pending_msgs_limit=2 * PUBLISH_WINDOW)
     try:
-        acks = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
-    except asyncio.TimeoutError as error:
-        raise BenchError(f"JetStream did not ack {len(futures)} publishes within {ACK_TIMEOUT_S} s") from error
-    duplicates = sum(1 for ack in acks if ack.duplicate)
-    if duplicates:
-        raise BenchError(f"JetStream dropped {duplicates} messages as duplicates; every event id must be new")
-
-
-async def publish_all(jetstream: JetStreamContext, messages: Iterable[EventMessage]) -> int:
-    """Publish every message with async publishes, `PUBLISH_WINDOW` in flight, and return the count once all are acked."""
-    published = 0
-    window: list[asyncio.Future] = []
-    for message in messages:
-        headers = {"Nats-Msg-Id": message.event_id}
-        future = await jetstream.publish_async(message.subject, message.body, headers=headers, stream=EVENTS_STREAM)
-        window.append(future)
-        if len(window) == PUBLISH_WINDOW:
-            await settle_window(window)
-            published += len(window)
-            window = []
-    if window:
-        await settle_window(window)
-        published += len(window)
-    return published
+        for published, message in enumerate(messages, start=1):
+            headers = {"Nats-Msg-Id": message.event_id}
+            await client.publish(message.subject, message.body, reply=inbox, headers=headers)
+            if published - acks.acked >= PUBLISH_WINDOW:
+                await client.flush()
+                await acks.wait_for(published - PUBLISH_WINDOW // 2)
+        await client.flush()
+        await acks.wait_for(len(messages))
+    finally:
+        await subscription.unsubscribe()
+    acks.check()
+    return acks.acked
 
 
 async def wait_until_acked(
@@ -238,20 +274,23 @@ async def sample_memory(watch: ProcessWatch) -> None:
 
 
 async def ingest_batch(
-    jetstream: JetStreamContext,
+    client: NatsClient,
     service: ManagedProcess,
     nats_server: ManagedProcess,
     count: int,
     drain_timeout_s: float,
 ) -> BatchResult:
-    """Publish `count` new events and time until telemetry has acked them all.
+    """Build `count` new events, then publish them and time until telemetry has acked them all.
 
     The clock also stops `drain_timeout_s` after the last publish ack. `BatchResult.acked` then contains how
     many events telemetry had acked by that time.
     """
+    jetstream = client.jetstream()
     service_watch = ProcessWatch(service.process.pid)
     nats_watch = ProcessWatch(nats_server.process.pid)
-    messages = event_messages(request_templates(), count)
+    build_cpu_before = time.process_time()
+    messages = list(event_messages(request_templates(), count))
+    build_cpu_s = time.process_time() - build_cpu_before
     first_sequence = (await jetstream.stream_info(EVENTS_STREAM)).state.last_seq + 1
     service_cpu_before, nats_cpu_before = service_watch.cpu_s(), nats_watch.cpu_s()
     publisher_cpu_before = time.process_time()
@@ -259,7 +298,7 @@ async def ingest_batch(
 
     started = time.perf_counter()
     try:
-        await publish_all(jetstream, messages)
+        await publish_all(client, messages)
         published = time.perf_counter()
         acked_at_timeout = await wait_until_acked(jetstream, service, service_watch, first_sequence, drain_timeout_s)
     finally:
@@ -274,6 +313,7 @@ async def ingest_batch(
         service_cpu_s=service_watch.cpu_s() - service_cpu_before,
         nats_cpu_s=nats_watch.cpu_s() - nats_cpu_before,
         publisher_cpu_s=time.process_time() - publisher_cpu_before,
+        build_cpu_s=build_cpu_s,
         service_peak_rss_bytes=service_watch.peak_rss_bytes,
     )
 
@@ -320,14 +360,13 @@ async def count_rows(client: NatsClient) -> int:
 
 async def measure(nats_url: str, nats_server: ManagedProcess, service: ManagedProcess, quick: bool) -> IngestRun:
     """Wait for the service, ingest the warm-up and the measured batch, then count the stored rows."""
-    client = await nats.connect(nats_url)
+    client = await nats.connect(nats_url, pending_size=PUBLISH_BUFFER_BYTES)
     try:
-        jetstream = client.jetstream(publish_async_max_pending=PUBLISH_WINDOW)
-        await wait_until_fetching(jetstream, service)
+        await wait_until_fetching(client.jetstream(), service)
         idle_rss_bytes = ProcessWatch(service.process.pid).sample_rss()
 
         warmup_events = QUICK_WARMUP_EVENTS if quick else FULL_WARMUP_EVENTS
-        warmup = await ingest_batch(jetstream, service, nats_server, warmup_events, MIN_DRAIN_TIMEOUT_S)
+        warmup = await ingest_batch(client, service, nats_server, warmup_events, MIN_DRAIN_TIMEOUT_S)
         if not warmup.complete:
             raise BenchError(
                 f"telemetry acked {warmup.acked:,} of {warmup.events:,} warm-up events within "
@@ -335,7 +374,7 @@ async def measure(nats_url: str, nats_server: ManagedProcess, service: ManagedPr
             )
         count = measured_batch_size(quick, warmup.ingest_rate)
         timeout_s = drain_timeout_s(count, warmup.ingest_rate)
-        measured = await ingest_batch(jetstream, service, nats_server, count, timeout_s)
+        measured = await ingest_batch(client, service, nats_server, count, timeout_s)
 
         return IngestRun(warmup, measured, idle_rss_bytes, await count_rows(client))
     finally:
@@ -374,6 +413,10 @@ def service_cpu(batch: BatchResult) -> str:
     return f"{batch.service_cpu_s:.1f} s ({batch.service_cpu_s / batch.acked * 1e6:.0f} µs per acked event)"
 
 
+def building_cpu(batch: BatchResult) -> str:
+    return f"{batch.build_cpu_s:.1f} s of CPU ({batch.build_cpu_s / batch.events * 1e6:.1f} µs per event)"
+
+
 def result_rows(result: IngestRun, envelope_bytes: float) -> list[list[str]]:
     measured = result.measured
     idle_rss_mib, peak_rss_mib = result.idle_rss_bytes / MIB, measured.service_peak_rss_bytes / MIB
@@ -387,6 +430,7 @@ def result_rows(result: IngestRun, envelope_bytes: float) -> list[list[str]]:
         ["telemetry RSS, idle / peak", f"{idle_rss_mib:,.0f} / {peak_rss_mib:,.0f} MiB"],
         ["nats-server CPU", f"{measured.nats_cpu_s:.1f} s"],
         ["publisher CPU (this process)", f"{measured.publisher_cpu_s:.1f} s"],
+        ["building the messages before the clock (this process)", building_cpu(measured)],
         ["rows in ClickHouse (`SELECT count() FROM events FINAL`)", f"{result.stored_rows:,} of {result.expected_rows:,}"],
     ]
 
@@ -397,8 +441,11 @@ def result_notes(result: IngestRun, quick: bool) -> list[str]:
     notes = [
         f"A warm-up batch of {warmup.events:,} events was published and drained first "
         f"({warmup.ingest_rate:,.0f} events/s); its rows are in the count above.",
-        f"One publisher in this process publishes with nats-py's `publish_async`, {PUBLISH_WINDOW:,} in flight, "
-        "each with a Nats-Msg-Id header. Building the messages is part of its loop and its CPU time.",
+        "One publisher in this process publishes each message with nats-py's `publish`, a Nats-Msg-Id header "
+        "and a reply subject on which JetStream acks it. One subscription counts the acks, and at most "
+        f"{PUBLISH_WINDOW:,} messages are unacked at a time. The rate counts until every message was acked.",
+        "The messages are built before the clock starts, so neither the rates nor the publisher CPU include "
+        "building them; the row above gives that cost.",
         "Events are the seven events of delivered requests (accepted, screened, assigned, first token, "
         "completed, moderated, delivered) over 4 tenants, prompts of 200 to 2,000 characters and outputs of "
         "300 or 1,200 characters.",
