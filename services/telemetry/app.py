@@ -60,7 +60,7 @@ class TelemetryService:
         connection = await self._broker.connect()
         self._queries = StoreQueryHandler(store, connection.max_payload - REPLY_HEADROOM_BYTES)
         self._puller = self._build_puller(store)
-        await self._puller.start(connection.jetstream())
+        await self._puller.start(connection)
 
     async def stop_pulling(self) -> None:
         """Stop the pull loop while the connection is still up, so the batch in hand is acked or nacked."""
@@ -87,6 +87,7 @@ class TelemetryService:
             TELEMETRY_CONSUMER,
             writer.store_batch,
             batch_size=self._tuning.batch_size,
+            batch_max_bytes=self._tuning.batch_max_bytes,
             fetch_timeout_s=self._tuning.fetch_timeout_s,
         )
 

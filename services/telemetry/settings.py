@@ -15,6 +15,10 @@ from shared.subjects import TELEMETRY_CONSUMER
 # parts to merge. 500 bounds a batch of accepted events, whose payloads carry
 # prompts of up to 32,000 characters, to about 16 MB.
 DEFAULT_BATCH_SIZE = 500
+# Bounds the bytes of one fetch. 32 MiB fits about 25,000 events of the
+# usual 1.2 KB, and exceeds NATS's default max_payload of 1 MiB as the fetch
+# requires.
+DEFAULT_BATCH_MAX_BYTES = 32 * 1024 * 1024
 # The service stores a partial batch after waiting this long for it to fill,
 # so under light traffic reports lag the bus by about a second.
 DEFAULT_FETCH_TIMEOUT_S = 1.0
@@ -39,6 +43,7 @@ class TelemetrySettings(BaseSettings):
     # JetStream hands out at most `max_ack_pending` unacked messages, so a
     # larger batch could never fill.
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=TELEMETRY_CONSUMER.max_ack_pending)
+    batch_max_bytes: int = Field(default=DEFAULT_BATCH_MAX_BYTES, ge=1)
     fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0)
     retry_delay_initial_s: float = Field(default=DEFAULT_RETRY_DELAY_INITIAL_S, gt=0)
     retry_delay_max_s: float = Field(default=DEFAULT_RETRY_DELAY_MAX_S, gt=0)
