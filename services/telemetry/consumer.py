@@ -6,21 +6,23 @@ nothing is stored. The valid ones are inserted with one insert, and each is
 acknowledged only after the insert returned. When the store fails, the batch
 is negatively acknowledged with a delay that doubles on each delivery, so
 JetStream redelivers it later and no message is acked before it is stored.
+A message that JetStream delivers again may have been stored before its ack
+was lost, so the store looks its event id up before inserting it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.msg import Msg
 
-from services.telemetry.rows import InvalidEvent, decode_event
+from services.telemetry.puller import delivery_count
+from services.telemetry.rows import EventRow, InvalidEvent, decode_event
 from services.telemetry.store import EventStore
 from shared.consuming import log_rejected
-from shared.events import Envelope
 from shared.store_client import StoreError
 
 log = structlog.get_logger(__name__)
@@ -55,50 +57,67 @@ class EventBatchWriter:
 
         When the store fails, every valid message is nacked with the retry delay instead.
         """
-        decoded = await self._decode_or_terminate(messages)
-        if not decoded:
+        batch = await self._decode_or_terminate(messages)
+        if not batch.messages:
             return
-        envelopes = [envelope for _, envelope in decoded]
         started = time.perf_counter()
         try:
-            inserted = await self._store.insert_new(envelopes)
+            inserted = await self._store.insert_new(batch.first_deliveries, redelivered=batch.redeliveries)
         except StoreError as error:
-            await self._retry_later(decoded, error)
+            await self._retry_later(batch.messages, error)
             return
-        await _ack_all(message for message, _ in decoded)
+        await _ack_all(batch.messages)
         log.info(
             "event_batch_stored",
-            events=len(decoded),
+            events=len(batch.messages),
             inserted=inserted,
-            duplicates=len(decoded) - inserted,
+            duplicates=len(batch.messages) - inserted,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    async def _decode_or_terminate(self, messages: list[Msg]) -> list[tuple[Msg, Envelope]]:
-        decoded = []
+    async def _decode_or_terminate(self, messages: list[Msg]) -> _DecodedBatch:
+        batch = _DecodedBatch()
         for message in messages:
             try:
-                decoded.append((message, decode_event(message.data)))
+                row = decode_event(message.data)
             except InvalidEvent as error:
                 await self._terminate(message, error)
-        return decoded
+                continue
+            batch.add(message, row)
+        return batch
 
     async def _terminate(self, message: Msg, error: InvalidEvent) -> None:
         log_rejected(error, subject=message.subject, stream_sequence=message.metadata.sequence.stream)
         await message.term()
 
-    async def _retry_later(self, decoded: list[tuple[Msg, Envelope]], error: StoreError) -> None:
-        deliveries = max(message.metadata.num_delivered for message, _ in decoded)
+    async def _retry_later(self, messages: list[Msg], error: StoreError) -> None:
+        deliveries = max(delivery_count(message) for message in messages)
         delay_s = self._retry_delay.after(deliveries)
         log.warning(
             "event_batch_store_failed",
-            events=len(decoded),
+            events=len(messages),
             deliveries=deliveries,
             retry_delay_s=delay_s,
             error=str(error),
         )
-        for message, _ in decoded:
+        for message in messages:
             await message.nak(delay=delay_s)
+
+
+@dataclass
+class _DecodedBatch:
+    """The valid messages of a batch, with their rows split by whether JetStream delivered them before."""
+
+    messages: list[Msg] = field(default_factory=list)
+    first_deliveries: list[EventRow] = field(default_factory=list)
+    redeliveries: list[EventRow] = field(default_factory=list)
+
+    def add(self, message: Msg, row: EventRow) -> None:
+        self.messages.append(message)
+        if delivery_count(message) == 1:
+            self.first_deliveries.append(row)
+        else:
+            self.redeliveries.append(row)
 
 
 async def _ack_all(messages: Iterable[Msg]) -> None:

@@ -1,15 +1,27 @@
-"""Turning bus messages into rows of the `events` table."""
+"""Turning bus messages into rows of the `events` table.
+
+The hot path decodes each message with msgspec into `_StoredFields`: it
+checks the envelope fields that the table stores and keeps the payload's
+values as raw JSON, so no Python object is built for the prompt or the
+output. The row is then written back as one JSONEachRow line that
+ClickHouse parses. A message that msgspec does not accept goes through
+`shared.consuming.decode_message` (pydantic) instead. That path rejects a
+malformed message with the same field-level error as every other consumer,
+and it still stores an envelope that pydantic's lax parsing accepts, such as
+a timestamp written with a space instead of `T`.
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
+
+import msgspec
 
 from shared.consuming import MalformedMessage, decode_message
-from shared.events import Envelope, EventType
+from shared.events import ACCEPTED_SCHEMA_VERSIONS, CURRENT_SCHEMA_VERSION, Envelope, EventType
 
-# The columns the service writes, in row order; `inserted_at` takes its default.
+# The columns the service writes; `inserted_at` takes its default.
 EVENT_COLUMNS = ("event_id", "type", "schema_version", "request_id", "tenant", "ts", "deadline", "trace", "payload")
 
 # DateTime64's range in ClickHouse. A row outside it would fail the whole
@@ -29,47 +41,102 @@ class InvalidEvent(MalformedMessage):
     """
 
 
-def decode_event(data: bytes) -> Envelope:
-    """Parse one bus message into an envelope ready to store; raises `InvalidEvent`."""
+class EventRow(NamedTuple):
+    """One event ready to insert: its JSONEachRow line and the fields that the duplicate check reads."""
+
+    event_id: str
+    tenant: str
+    # In UTC.
+    ts: datetime
+    # A JSON object whose keys are `EVENT_COLUMNS`, without a line break.
+    line: bytes
+
+
+class _StoredFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The fields of `shared.events.Envelope`, which a test keeps in step with
+    # this struct. The names are the columns' names, so the encoded struct is
+    # the row's JSONEachRow line.
+    event_id: str
+    type: EventType
+    schema_version: int = CURRENT_SCHEMA_VERSION
+    request_id: str
+    tenant: str
+    ts: datetime
+    deadline: datetime | None = None
+    trace: dict[str, str] = {}
+    # Each value stays the JSON text it arrived as.
+    payload: dict[str, msgspec.Raw]
+
+
+_DECODER = msgspec.json.Decoder(_StoredFields)
+_ENCODER = msgspec.json.Encoder()
+
+
+def decode_event(data: bytes) -> EventRow:
+    """Parse one bus message into the row to store. Raises `InvalidEvent`."""
     try:
-        envelope = decode_message(data)
+        fields = _DECODER.decode(data)
+    except msgspec.MsgspecError:
+        return _row_from_envelope(_decode_envelope(data))
+    if fields.schema_version not in ACCEPTED_SCHEMA_VERSIONS:
+        # The pydantic path raises the error that names the versions this build reads.
+        return _row_from_envelope(_decode_envelope(data))
+    return _row(fields)
+
+
+def _row(fields: _StoredFields) -> EventRow:
+    fields.ts = _stored_moment("ts", fields.ts)
+    if fields.deadline is not None:
+        fields.deadline = _stored_moment("deadline", fields.deadline)
+    fields.payload = _stored_payload(fields.payload, fields.type)
+    return EventRow(fields.event_id, fields.tenant, fields.ts, _ENCODER.encode(fields))
+
+
+def _stored_payload(payload: dict[str, Any], event_type: EventType) -> dict[str, Any]:
+    if event_type is EventType.ACCEPTED or _FORWARDED_REQUEST_FIELD not in payload:
+        return payload
+    return {key: value for key, value in payload.items() if key != _FORWARDED_REQUEST_FIELD}
+
+
+def _decode_envelope(data: bytes) -> Envelope:
+    try:
+        return decode_message(data)
     except MalformedMessage as error:
         raise InvalidEvent(str(error)) from error
-    _check_in_range("ts", envelope.ts)
-    _check_in_range("deadline", envelope.deadline)
-    return envelope
 
 
-def event_row(envelope: Envelope) -> list[Any]:
-    """Return the row of `envelope` in `EVENT_COLUMNS` order, timestamps in UTC."""
-    return [
-        envelope.event_id,
-        envelope.type.value,
-        envelope.schema_version,
-        envelope.request_id,
-        envelope.tenant,
-        _as_utc(envelope.ts),
-        None if envelope.deadline is None else _as_utc(envelope.deadline),
-        envelope.trace,
-        stored_payload(envelope),
-    ]
+def _row_from_envelope(envelope: Envelope) -> EventRow:
+    # The struct does not check types when built directly, and the encoder
+    # writes the payload's Python values as JSON.
+    fields = _StoredFields(
+        event_id=envelope.event_id,
+        type=envelope.type,
+        schema_version=envelope.schema_version,
+        request_id=envelope.request_id,
+        tenant=envelope.tenant,
+        ts=envelope.ts,
+        deadline=envelope.deadline,
+        trace=envelope.trace,
+        payload=envelope.payload,  # type: ignore[arg-type]
+    )
+    return _row(fields)
 
 
-def stored_payload(envelope: Envelope) -> str:
-    """Return the payload as compact JSON, without the forwarded request unless the event is request.accepted."""
-    payload = envelope.payload
-    if envelope.type is not EventType.ACCEPTED:
-        payload = {key: value for key, value in payload.items() if key != _FORWARDED_REQUEST_FIELD}
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def _stored_moment(field: str, moment: datetime) -> datetime:
+    try:
+        utc = _as_utc(moment)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_STORED_TIMESTAMP <= utc <= MAX_STORED_TIMESTAMP:
+        raise InvalidEvent(f"{field} {moment.isoformat()} is outside the range ClickHouse stores (years 1900 to 2299)")
+    return utc
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # An envelope written without an offset means UTC, as every Sluice stage writes it.
+    # An envelope written without an offset means UTC, as every Sluice stage
+    # writes it. Converting a moment near year 1 or 9999 raises OverflowError.
+    if moment.tzinfo is timezone.utc:
+        return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
-
-
-def _check_in_range(field: str, moment: datetime | None) -> None:
-    if moment is not None and not MIN_STORED_TIMESTAMP <= _as_utc(moment) <= MAX_STORED_TIMESTAMP:
-        raise InvalidEvent(f"{field} {moment.isoformat()} is outside the range ClickHouse stores (years 1900 to 2299)")

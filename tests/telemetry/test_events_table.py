@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -10,8 +11,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from services.telemetry.migrations import apply_migrations, load_migrations
-from services.telemetry.rows import EVENT_COLUMNS, event_row
-from shared.events import EventType, FailedPayload, new_envelope
+from services.telemetry.rows import EVENT_COLUMNS
+from shared.events import Envelope, EventType, FailedPayload, new_envelope
 
 pytestmark = pytest.mark.clickhouse
 
@@ -29,7 +30,22 @@ def client(clickhouse_dsn: str) -> Iterator[Client]:
 def _failed_row(tenant: str, ts_shift: timedelta = timedelta(0)) -> list:
     payload = FailedPayload(stage="inference", error_code="backend_error", message="backend returned 500")
     envelope = new_envelope(EventType.FAILED, request_id="r1", tenant=tenant, payload=payload)
-    return event_row(envelope.model_copy(update={"ts": envelope.ts.replace(hour=12) + ts_shift}))
+    return _row(envelope.model_copy(update={"ts": envelope.ts.replace(hour=12) + ts_shift}))
+
+
+def _row(envelope: Envelope) -> list:
+    # The values in EVENT_COLUMNS order, as the telemetry service stores them.
+    return [
+        envelope.event_id,
+        envelope.type.value,
+        envelope.schema_version,
+        envelope.request_id,
+        envelope.tenant,
+        envelope.ts,
+        envelope.deadline,
+        envelope.trace,
+        json.dumps(envelope.payload),
+    ]
 
 
 def _insert(client: Client, row: list) -> None:

@@ -6,7 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import json
+from datetime import datetime, timedelta, timezone
+
 from services.telemetry.migrations import load_migrations
+from services.telemetry.rows import EventRow, decode_event
 from services.telemetry.store import EventStore
 from shared.events import Envelope, EventType, FailedPayload, new_envelope
 from shared.store_client import StoreQueryError, StoreUnavailable
@@ -22,9 +26,17 @@ async def store(clickhouse_dsn: str) -> AsyncIterator[EventStore]:
     store.close()
 
 
-def _failed(request_id: str, tenant: str = "acme") -> Envelope:
+def _failed_envelope(request_id: str, tenant: str = "acme") -> Envelope:
     payload = FailedPayload(stage="inference", error_code="backend_error", message="backend returned 500")
     return new_envelope(EventType.FAILED, request_id=request_id, tenant=tenant, payload=payload)
+
+
+def _row(envelope: Envelope) -> EventRow:
+    return decode_event(envelope.model_dump_json().encode())
+
+
+def _failed(request_id: str, tenant: str = "acme") -> EventRow:
+    return _row(_failed_envelope(request_id, tenant))
 
 
 async def _raw_count(store: EventStore) -> int:
@@ -51,7 +63,7 @@ async def test_insert_skips_stored_ids(store: EventStore) -> None:
 async def test_insert_keeps_one_copy_per_batch(store: EventStore) -> None:
     event = _failed("r1")
 
-    inserted = await store.insert_new([event, event.model_copy()])
+    inserted = await store.insert_new([event, event._replace()])
 
     assert inserted == 1
     assert await _raw_count(store) == 1
@@ -60,12 +72,65 @@ async def test_insert_keeps_one_copy_per_batch(store: EventStore) -> None:
 async def test_same_id_other_tenant_not_skipped(store: EventStore) -> None:
     # Event ids derive from the tenant, so equal ids of two tenants never occur;
     # the lookup is scoped by tenant all the same.
-    event = _failed("r1", tenant="acme")
-    await store.insert_new([event])
+    event = _failed_envelope("r1", tenant="acme")
+    await store.insert_new([_row(event)])
 
-    inserted = await store.insert_new([event.model_copy(update={"tenant": "globex"})])
+    inserted = await store.insert_new([_row(event.model_copy(update={"tenant": "globex"}))])
 
     assert inserted == 1
+
+
+async def test_redelivered_stored_row_skipped(store: EventStore, clickhouse_dsn: str) -> None:
+    # A second store has no memory of the first one's inserts, as after a restart.
+    await store.insert_new([_failed("r1")])
+    restarted = EventStore.open(clickhouse_dsn, query_max_execution_time_s=5)
+    try:
+        inserted = await restarted.insert_new([_failed("r2")], redelivered=[_failed("r1"), _failed("r3")])
+    finally:
+        restarted.close()
+
+    assert inserted == 2
+    assert await _raw_count(store) == 3
+
+
+async def test_first_delivery_copy_collapses(store: EventStore, clickhouse_dsn: str) -> None:
+    # Only redelivered rows are looked up, so a republished copy that this
+    # store did not insert reaches the table, and FINAL returns it once.
+    await store.insert_new([_failed("r1")])
+    restarted = EventStore.open(clickhouse_dsn, query_max_execution_time_s=5)
+    try:
+        inserted = await restarted.insert_new([_failed("r1")])
+    finally:
+        restarted.close()
+
+    assert inserted == 1
+    assert await _raw_count(store) == 2
+    _, rows = await store.query("SELECT count() FROM events FINAL", {})
+    assert rows == [(1,)]
+
+
+async def test_row_stored_with_columns(store: EventStore) -> None:
+    envelope = _failed_envelope("r1").model_copy(
+        update={
+            "ts": datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=timezone(timedelta(hours=2))),
+            "deadline": datetime(2026, 3, 1, 12, 5),
+            "trace": {"traceparent": "00-abc-def-01"},
+        }
+    )
+    await store.insert_new([_row(envelope)])
+
+    columns, rows = await store.query("SELECT * EXCEPT inserted_at FROM events", {})
+    stored = dict(zip(columns, rows[0], strict=True))
+
+    assert stored["event_id"] == envelope.event_id
+    assert stored["type"] == "request.failed"
+    assert stored["schema_version"] == 1
+    assert stored["request_id"] == "r1"
+    assert stored["tenant"] == "acme"
+    assert stored["ts"] == datetime(2026, 3, 1, 10, 0, 0, 250, tzinfo=timezone.utc)
+    assert stored["deadline"] == datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc)
+    assert stored["trace"] == {"traceparent": "00-abc-def-01"}
+    assert json.loads(stored["payload"]) == envelope.payload
 
 
 async def test_query_returns_columns_and_rows(store: EventStore) -> None:
