@@ -60,10 +60,19 @@ class _Config(BaseModel):
 
 
 class BackendConfig(_Config):
-    """One model server. Every timeout is in seconds."""
+    """One model server. Every timeout is in seconds.
 
-    kind: Literal["tgi"]
+    `kind` picks the client: `tgi` (huggingface_hub's TGI client) or `openai`
+    (the `openai` package, for vLLM, SGLang and any OpenAI-compatible
+    server). `model` is the model name an `openai` backend sends when the
+    variant names none. `api_key_env` names the environment variable that
+    holds an `openai` backend's API key, so the key never sits in the file.
+    """
+
+    kind: Literal["tgi", "openai"]
     url: str = Field(pattern=r"^https?://\S+$")
+    model: str | None = Field(default=None, min_length=1)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     first_token_timeout_s: float = Field(default=DEFAULT_FIRST_TOKEN_TIMEOUT_S, gt=0)
     token_timeout_s: float = Field(default=DEFAULT_TOKEN_TIMEOUT_S, gt=0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from shared.experiments import ConfigError, load_backends, load_experiments, load_serving_config
+from shared.experiments import BackendConfig, ConfigError, load_backends, load_experiments, load_serving_config
 from shared.settings import Settings
 
 BACKENDS_YAML = """
@@ -197,3 +198,19 @@ def test_invalid_yaml_named(tmp_path: Path) -> None:
     message = _experiments_error(tmp_path, "experiments: [unclosed\n")
 
     assert "invalid YAML" in message
+
+
+def test_openai_backend_accepted() -> None:
+    config = BackendConfig(kind="openai", url="http://127.0.0.1:8000", model="llama-3-8b", api_key_env="VLLM_API_KEY")
+
+    assert config.kind == "openai"
+    assert config.model == "llama-3-8b"
+    assert config.api_key_env == "VLLM_API_KEY"
+
+
+@pytest.mark.parametrize("bad", ["sk-live-123", "has space", ""])
+def test_api_key_env_must_be_variable_name(bad: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        BackendConfig(kind="openai", url="http://127.0.0.1:8000", api_key_env=bad)
+
+    assert "api_key_env" in str(caught.value)

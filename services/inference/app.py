@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import redis.asyncio as redis
 from faststream import FastStream
@@ -10,6 +10,7 @@ from faststream import FastStream
 from services.inference.backends import Backend
 from services.inference.generation import Generator
 from services.inference.handler import AssignedHandler
+from services.inference.openai_compatible import OpenAICompatibleBackend
 from services.inference.tgi import TgiBackend
 from shared.bus import EventPublisher, make_broker
 from shared.experiments import BackendConfig, load_serving_config
@@ -26,7 +27,10 @@ SERVICE_NAME = "inference"
 # other down, so scale out with more instances instead.
 MAX_CONCURRENT_REQUESTS = 4
 
-_BACKEND_KINDS = {"tgi": TgiBackend}
+_BACKEND_KINDS: dict[str, Callable[[str, BackendConfig], Backend]] = {
+    "tgi": TgiBackend,
+    "openai": OpenAICompatibleBackend,
+}
 
 
 def make_backends(configs: Mapping[str, BackendConfig]) -> dict[str, Backend]:
@@ -41,9 +45,15 @@ def make_app(settings: Settings) -> FastStream:
     publisher = EventPublisher(broker)
     redis_client = redis.from_url(settings.resolved_redis_url)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
-    handler = AssignedHandler(Generator(make_backends(config.backends), publisher), release_log, publisher)
+    backends = make_backends(config.backends)
+    handler = AssignedHandler(Generator(backends, publisher), release_log, publisher)
+
+    async def close_clients() -> None:
+        for backend in backends.values():
+            await backend.close()
+        await redis_client.aclose()
 
     # The puller fetches no more than it has room for, so no message waits in
     # memory while its ack_wait runs out.
     puller = ConcurrentPuller(INFERENCE_CONSUMER, handler.handle, max_in_flight=MAX_CONCURRENT_REQUESTS)
-    return build_app(SERVICE_NAME, broker, settings, pullers=[puller], on_shutdown=redis_client.aclose)
+    return build_app(SERVICE_NAME, broker, settings, pullers=[puller], on_shutdown=close_clients)

@@ -37,14 +37,25 @@ class Backend(Protocol):
     """A model server that streams chat completions."""
 
     def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams, *, adapter_id: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        *,
+        model: str | None = None,
+        adapter_id: str | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """Yield the completion of `messages` as `TokenDelta` items, then exactly one `StreamEnd`.
 
-        A parameter that is None is not sent, so the server's default applies.
+        `model` and `adapter_id` come from the variant; a backend uses them as
+        its server expects. A parameter that is None is not sent, so the
+        server's default applies.
         Raises a `BackendError` subclass on any failure, before or during the
         stream. Close the iterator (`contextlib.aclosing`) when stopping early.
         """
+        ...
+
+    async def close(self) -> None:
+        """Release the backend's connections; the service calls it once, at shutdown."""
         ...
 
 

@@ -131,7 +131,9 @@ class Generator:
         self, backend: Backend, envelope: Envelope, payload: AssignedPayload, attempt: int, progress: _Progress
     ) -> StreamEnd:
         variant = payload.variant
-        stream = backend.stream(payload.request.messages, variant.params, adapter_id=variant.adapter_id)
+        stream = backend.stream(
+            payload.request.messages, variant.params, model=variant.model, adapter_id=variant.adapter_id
+        )
         coalescer = ChunkCoalescer(lambda text: self._publish_chunk(envelope, payload, attempt, progress, text))
         coalescer.start()
         try:

@@ -26,11 +26,10 @@ from services.inference.backends import (
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
-    StreamEnd,
     StreamItem,
-    TokenDelta,
 )
-from shared.events import ChatMessage, GenerationParams, Usage
+from services.inference.chat_stream import read_chunks, sampling_arguments
+from shared.events import ChatMessage, GenerationParams
 from shared.experiments import BackendConfig
 
 log = structlog.get_logger(__name__)
@@ -56,18 +55,30 @@ class TgiBackend:
         self._token_timeout_s = config.token_timeout_s
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams, *, adapter_id: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        *,
+        model: str | None = None,
+        adapter_id: str | None = None,
     ) -> AsyncIterator[StreamItem]:
         """Yield `TokenDelta` items, then one `StreamEnd`. Raise a `BackendError` subclass on failure.
 
-        Each call has its own HTTP session, closed when the iterator ends or is closed.
+        `model` is not sent: TGI serves one base model under any name, so the
+        request names the adapter or `BASE_MODEL_NAME`. Each call has its own
+        HTTP session, closed when the iterator ends or is closed.
         """
         # timeout=None: aiohttp's total timeout would cut long streams, so
         # the connect and per-token timeouts below bound each wait instead.
         client = AsyncInferenceClient(base_url=self._url, timeout=None)
         try:
             chunks = await self._open(client, messages, params, adapter_id)
-            async for item in self._read(chunks):
+            async for item in read_chunks(
+                chunks,
+                self._url,
+                first_token_timeout_s=self._first_token_timeout_s,
+                token_timeout_s=self._token_timeout_s,
+            ):
                 yield item
         except BackendError:
             raise
@@ -78,6 +89,9 @@ class TgiBackend:
             raise translated from error
         finally:
             await _close_client(client)
+
+    async def close(self) -> None:
+        """Do nothing: every call opens and closes its own HTTP session."""
 
     async def _open(
         self,
@@ -92,26 +106,9 @@ class TgiBackend:
                 model=adapter_id or BASE_MODEL_NAME,
                 stream=True,
                 stream_options={"include_usage": True},
-                **_sampling_arguments(params),
+                **sampling_arguments(params),
             )
 
-    async def _read(self, chunks: AsyncIterable[Any]) -> AsyncIterator[StreamItem]:
-        iterator = aiter(chunks)
-        finish_reason: str | None = None
-        usage = Usage()
-        timeout_s = self._first_token_timeout_s
-        while (chunk := await _next_or_none(iterator, timeout_s)) is not None:
-            timeout_s = self._token_timeout_s
-            if chunk.usage is not None:
-                usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    yield TokenDelta(choice.delta.content)
-                finish_reason = choice.finish_reason or finish_reason
-
-        if finish_reason is None:
-            raise BackendProtocolError(f"the stream from {self._url} ended without a finish_reason")
-        yield StreamEnd(finish_reason=finish_reason, usage=usage)
 
 
 async def _close_client(client: AsyncInferenceClient) -> None:
@@ -127,25 +124,6 @@ async def _close_client(client: AsyncInferenceClient) -> None:
         await client.close()
     except KeyError:
         log.debug("session_already_closed")
-
-
-async def _next_or_none(iterator: AsyncIterator[Any], timeout_s: float) -> Any | None:
-    async with asyncio.timeout(timeout_s):
-        try:
-            return await anext(iterator)
-        except StopAsyncIteration:
-            return None
-
-
-def _sampling_arguments(params: GenerationParams) -> dict[str, Any]:
-    """Map our parameter names to the chat completion API's, leaving out every parameter that is not set."""
-    arguments = {
-        "max_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "stop": params.stop,
-    }
-    return {name: value for name, value in arguments.items() if value is not None}
 
 
 def _translate(error: Exception, url: str) -> BackendError | None:

@@ -59,18 +59,20 @@ def error(status: int, error_type: str) -> Reply:
 class ScriptedServer:
     """Serves `POST /v1/chat/completions`: each request gets the next of `replies`, the last one repeating.
 
-    Every request body is recorded in `bodies`.
+    Every request body is recorded in `bodies` and its headers in `headers`.
     """
 
     def __init__(self) -> None:
         self.replies: list[Reply] = [stream(GOOD_EVENTS)]
         self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     def reset(self, *replies: Reply) -> None:
         self.replies = list(replies) or [stream(GOOD_EVENTS)]
         self.bodies.clear()
+        self.headers.clear()
 
     async def start(self) -> None:
         app = web.Application()
@@ -87,5 +89,6 @@ class ScriptedServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
         reply = self.replies[min(len(self.bodies), len(self.replies)) - 1]
         return await reply(request)
