@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Empty means `<data_dir>/api-keys.json`, which `sluice up` writes.
     api_keys_file: Path | None = None
     model_dir: Path = DEFAULT_MODEL_DIR
+    # None serves the base model alone. A folder serves every peft LoRA
+    # adapter in it (one subfolder each, named by its adapter id) over that
+    # model, chosen per request.
+    model_adapters_dir: Path | None = None
     # Generations the model server runs at once; later requests wait in
     # arrival order. Each runs token by token on the CPU, so more at once only
     # splits the same cores while every KV cache stays in memory.

@@ -17,7 +17,9 @@ def main() -> None:
     settings = get_settings()
     configure_logging("model_server", settings.log_level)
     log.info("service_starting", model_dir=str(settings.model_dir), port=settings.model_server_port)
-    engine = load_engine(settings.model_dir, settings.model_server_max_concurrent_generations)
+    engine = load_engine(
+        settings.model_dir, settings.model_server_max_concurrent_generations, settings.model_adapters_dir
+    )
     app = create_app(engine)
     # log_config=None keeps uvicorn's loggers on the JSON handler configured above.
     uvicorn.run(app, host=settings.host, port=settings.model_server_port, log_config=None)

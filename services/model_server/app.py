@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from services.model_server.adapters import load_adapters
 from services.model_server.chat_routes import chat_router
 from services.model_server.engine import GenerationEngine, ServingLimits
 from services.model_server.errors import ModelServerError, RequestValidationFailed
@@ -25,13 +26,19 @@ SERVER_NAME = "sluice-model-server"
 BASE_MODEL_ALIASES = frozenset({"tgi", "dummy"})
 
 
-def load_engine(model_dir: str | Path, max_concurrent_generations: int) -> GenerationEngine:
+def load_engine(
+    model_dir: str | Path, max_concurrent_generations: int, adapters_dir: Path | None = None
+) -> GenerationEngine:
     """Load the model at `model_dir` on the CPU and return an engine whose limits come from its config.
 
     The context is the model's `max_position_embeddings`; a prompt may use
-    all of it but one token, as in TGI. Raises `shared.modeling.ModelLoadError`.
+    all of it but one token, as in TGI. With `adapters_dir`, every LoRA
+    adapter in it is served too. Raises `shared.modeling.ModelLoadError`.
     """
     model, tokenizer = load_causal_lm(model_dir)
+    adapters: frozenset[str] = frozenset()
+    if adapters_dir is not None:
+        model, adapters = load_adapters(model, adapters_dir)
     max_total_tokens = int(model.config.max_position_embeddings)
     limits = ServingLimits(
         max_input_tokens=max_total_tokens - 1,
@@ -40,7 +47,7 @@ def load_engine(model_dir: str | Path, max_concurrent_generations: int) -> Gener
     )
     model_id = Path(model_dir).name if Path(model_dir).is_dir() else str(model_dir)
     log.info("model_loaded", model_id=model_id, max_total_tokens=max_total_tokens, parameters=model.num_parameters())
-    return GenerationEngine(model, tokenizer, model_id, limits)
+    return GenerationEngine(model, tokenizer, model_id, limits, adapters)
 
 
 def create_app(engine: GenerationEngine) -> FastAPI:

@@ -15,7 +15,7 @@ from services.model_server.engine import FinishReason, Generation, GenerationEng
 from services.model_server.errors import ModelServerError
 from services.model_server.sse import DONE_EVENT, sse_event, sse_response
 from services.model_server.text_tracking import held_back_length
-from services.model_server.validation import check_model_name
+from services.model_server.validation import resolve_adapter
 
 log = structlog.get_logger(__name__)
 
@@ -24,16 +24,20 @@ _OPENAI_FINISH_REASONS: dict[FinishReason, str] = {"eos_token": "stop", "stop_se
 
 
 def chat_router(engine: GenerationEngine, accepted_model_names: frozenset[str], fingerprint: str) -> APIRouter:
-    """Return the OpenAI-compatible routes; a request's `model` must be one of `accepted_model_names`."""
+    """Return the OpenAI-compatible routes.
+
+    A request's `model` is one of `accepted_model_names` for the base model,
+    or one of the engine's adapter ids.
+    """
     router = APIRouter()
     created_s = int(time.time())
 
     def prepare(request: ChatRequest) -> Generation:
-        check_model_name(request.model, accepted_model_names, engine.model_id)
+        adapter = resolve_adapter(request.model, accepted_model_names, engine.adapters, engine.model_id)
         input_ids = render_prompt(request, engine)
         params = to_sampling_params(request, len(input_ids), engine.limits)
         engine.check_lengths(len(input_ids), params.max_new_tokens)
-        return engine.generate(input_ids, params)
+        return engine.generate(input_ids, params, adapter)
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest) -> dict[str, Any] | Response:
@@ -45,8 +49,9 @@ def chat_router(engine: GenerationEngine, accepted_model_names: frozenset[str], 
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        model = {"id": engine.model_id, "object": "model", "created": created_s, "owned_by": "sluice"}
-        return {"object": "list", "data": [model]}
+        ids = [engine.model_id, *sorted(engine.adapters)]
+        models = [{"id": model_id, "object": "model", "created": created_s, "owned_by": "sluice"} for model_id in ids]
+        return {"object": "list", "data": models}
 
     return router
 

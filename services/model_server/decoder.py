@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import LogitsProcessorList, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class AdapterSelection:
+    """The LoRA adapter a decoder's forward passes use, and the lock that keeps them from overlapping others'."""
+
+    adapter: str
+    lock: threading.Lock
 
 
 @dataclass(frozen=True)
@@ -33,8 +43,10 @@ class TokenDecoder:
         generator: torch.Generator | None,
         top_n_tokens: int,
         prefill_details: bool,
+        adapter: AdapterSelection | None = None,
     ) -> None:
         self._model = model
+        self._adapter = adapter
         self._ids = torch.tensor([input_ids], dtype=torch.long)
         self._processors = processors
         self._generator = generator
@@ -59,13 +71,19 @@ class TokenDecoder:
 
     def _forward(self) -> torch.Tensor:
         if self._cache is None:
-            output = self._model(input_ids=self._ids, use_cache=True)
+            output = self._call_model(input_ids=self._ids, use_cache=True)
             if self._prefill_details:
                 self.prefill_logprobs = _prompt_logprobs(output.logits[0].float(), self._ids[0])
         else:
-            output = self._model(input_ids=self._ids[:, -1:], past_key_values=self._cache, use_cache=True)
+            output = self._call_model(input_ids=self._ids[:, -1:], past_key_values=self._cache, use_cache=True)
         self._cache = output.past_key_values
         return output.logits[:, -1, :].float()
+
+    def _call_model(self, **inputs: Any) -> Any:
+        if self._adapter is None:
+            return self._model(**inputs)
+        with self._adapter.lock:
+            return self._model(**inputs, adapter_names=[self._adapter.adapter])
 
     def _choose(self, logprobs: torch.Tensor) -> int:
         if self._generator is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ import structlog
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from services.model_server.decoder import StepResult, TokenDecoder
+from services.model_server.adapters import BASE_ADAPTER
+from services.model_server.decoder import AdapterSelection, StepResult, TokenDecoder
 from services.model_server.errors import GenerationFailed, RequestValidationFailed
 from services.model_server.sampling import SamplingParams, build_processors
 from services.model_server.text_tracking import IncrementalDecoder, find_stop
@@ -68,12 +70,22 @@ class GenerationEngine:
     """
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str, limits: ServingLimits
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        model_id: str,
+        limits: ServingLimits,
+        adapters: frozenset[str] = frozenset(),
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.limits = limits
+        # The LoRA adapter ids served over the model (a peft model then); empty serves the base model alone.
+        self.adapters = adapters
+        # peft selects a forward pass's adapter with hooks on the shared
+        # modules, so with adapters two forward passes must not overlap.
+        self.forward_lock = threading.Lock() if adapters else None
         self._slots = asyncio.Semaphore(limits.max_concurrent_generations)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.special_ids = frozenset(tokenizer.all_special_ids)
@@ -103,12 +115,14 @@ class GenerationEngine:
                 "Lower max_new_tokens or shorten the prompt"
             )
 
-    def generate(self, input_ids: list[int], params: SamplingParams) -> Generation:
+    def generate(self, input_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Generation:
         """Return a generation of `params.max_new_tokens` at most; nothing runs until it is iterated.
 
-        The caller checks lengths first with `check_lengths`.
+        `adapter` is one of `adapters`, or None for the base model. The caller
+        checks lengths first with `check_lengths` and the adapter with
+        `services.model_server.validation.resolve_adapter`.
         """
-        return Generation(self, input_ids, params)
+        return Generation(self, input_ids, params, adapter)
 
     async def _acquire(self) -> None:
         await self._slots.acquire()
@@ -127,10 +141,13 @@ class Generation:
     slot. Iteration raises `GenerationFailed` when the model raises.
     """
 
-    def __init__(self, engine: GenerationEngine, input_ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self, engine: GenerationEngine, input_ids: list[int], params: SamplingParams, adapter: str | None = None
+    ) -> None:
         self._engine = engine
         self.input_ids = input_ids
         self.params = params
+        self.adapter = adapter
         self.seed = _resolve_seed(params)
         self.finish_reason: FinishReason = "length"
         self.finished = False
@@ -164,8 +181,13 @@ class Generation:
         params = self.params
         processors = build_processors(params, len(self.input_ids))
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        engine = self._engine
+        selection = None
+        if engine.forward_lock is not None:
+            selection = AdapterSelection(self.adapter or BASE_ADAPTER, engine.forward_lock)
         return TokenDecoder(
-            self._engine.model, self.input_ids, processors, generator, params.top_n_tokens, params.decoder_input_details
+            engine.model, self.input_ids, processors, generator, params.top_n_tokens, params.decoder_input_details,
+            selection,
         )
 
     async def _step(self, decoder: TokenDecoder) -> StepResult:

@@ -21,7 +21,7 @@ from services.model_server.tgi_schemas import (
     token_body,
     truncate_inputs,
 )
-from services.model_server.validation import check_model_name
+from services.model_server.validation import resolve_adapter
 
 log = structlog.get_logger(__name__)
 
@@ -34,11 +34,11 @@ def tgi_router(engine: GenerationEngine, info: dict[str, Any]) -> APIRouter:
 
     def prepare(request: GenerateRequest) -> Generation:
         p = request.parameters
-        check_model_name(p.adapter_id, base_names, engine.model_id)
+        adapter = resolve_adapter(p.adapter_id, base_names, engine.adapters, engine.model_id)
         params = to_sampling_params(p, engine.limits)
         input_ids = truncate_inputs(engine.encode(request.inputs), p, engine.limits)
         engine.check_lengths(len(input_ids), params.max_new_tokens)
-        return engine.generate(input_ids, params)
+        return engine.generate(input_ids, params, adapter)
 
     @router.post("/generate")
     async def generate(request: GenerateRequest) -> dict[str, Any]:

@@ -45,13 +45,21 @@ def check_stop(stop: list[str], limits: ServingLimits) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def check_model_name(name: str | None, accepted: frozenset[str], served: str) -> None:
-    """Require `name` to be None or one of `accepted`; adapters are not served yet."""
-    if name is not None and name not in accepted:
-        raise RequestValidationFailed(
-            f"unknown model or adapter {name!r}; this server serves: {served} (no adapters). "
-            f"Send one of {sorted(accepted)} or omit the field"
-        )
+def resolve_adapter(name: str | None, base_names: frozenset[str], adapters: frozenset[str], served: str) -> str | None:
+    """Return the adapter id `name` selects, or None for the base model (`name` None or one of `base_names`).
+
+    Raises `RequestValidationFailed` for any other name: an unknown adapter is
+    an error, never a silent fallback to the base model.
+    """
+    if name is None or name in base_names:
+        return None
+    if name in adapters:
+        return name
+    served_adapters = f"adapters {sorted(adapters)}" if adapters else "no adapters"
+    raise RequestValidationFailed(
+        f"unknown model or adapter {name!r}; this server serves: {served} ({served_adapters}). "
+        f"Send one of {sorted(base_names | adapters)} or omit the field"
+    )
 
 
 def reject_if_set(name: str, value: object, reason: str) -> None:

@@ -1,0 +1,56 @@
+"""Serving several peft LoRA adapters over one base model, chosen per request.
+
+An adapters folder contains one subfolder per adapter, as peft's
+`save_pretrained` writes it (`adapter_config.json` and the weights). The
+subfolder's name is the adapter id a request sends, as TGI's `adapter_id` or
+an OpenAI `model`. Every adapter stays loaded; a forward pass names the one
+it uses, and `BASE_ADAPTER` runs the base model alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from shared.modeling import ModelLoadError
+
+log = structlog.get_logger(__name__)
+
+# peft's name for "no adapter" in a forward pass that names its adapters.
+BASE_ADAPTER = "__base__"
+_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def load_adapters(model: PreTrainedModel, adapters_dir: Path) -> tuple[PeftModel, frozenset[str]]:
+    """Load every adapter under `adapters_dir` onto `model`; return the wrapped model and the adapter ids.
+
+    Raises `ModelLoadError` when the folder is missing, contains no adapter, or an adapter does not load.
+    """
+    folders = _adapter_folders(adapters_dir)
+    first, *rest = folders
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(first), adapter_name=first.name)
+        for folder in rest:
+            wrapped.load_adapter(str(folder), adapter_name=folder.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"the LoRA adapters in {adapters_dir} did not load: {error}") from error
+    wrapped.eval()
+    names = frozenset(folder.name for folder in folders)
+    log.info("adapters_loaded", adapters=sorted(names), adapters_dir=str(adapters_dir))
+    return wrapped, names
+
+
+def _adapter_folders(adapters_dir: Path) -> list[Path]:
+    if not adapters_dir.is_dir():
+        raise ModelLoadError(f"the adapters folder {adapters_dir} does not exist; create it or unset it")
+    folders = sorted(path for path in adapters_dir.iterdir() if (path / _ADAPTER_CONFIG).is_file())
+    if not folders:
+        raise ModelLoadError(
+            f"no adapter found in {adapters_dir}: each adapter is a subfolder with {_ADAPTER_CONFIG}"
+        )
+    if any(folder.name == BASE_ADAPTER for folder in folders):
+        raise ModelLoadError(f"an adapter may not be named {BASE_ADAPTER}, peft's name for the base model; rename it")
+    return folders

@@ -1,0 +1,172 @@
+"""LoRA adapters trained here on the committed model, served by a real model server and chosen per request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import ValidationError as TgiValidationError
+from peft import LoraConfig, get_peft_model
+
+from services.model_server.adapters import BASE_ADAPTER, load_adapters
+from services.model_server.app import create_app, load_engine
+from shared.embedded.infrastructure import free_port
+from shared.modeling import ModelLoadError, load_causal_lm
+from shared.settings import DEFAULT_MODEL_DIR
+
+HOST = "127.0.0.1"
+PROMPT = "ROMEO:\n"
+SERVER_START_TIMEOUT_S = 30.0
+# Each adapter learns one line by heart, so greedy decoding shows which one ran.
+TRAINING_LINES = {
+    "verse": "KING HENRY:\nOnce more unto the breach, dear friends, once more;\n",
+    "prose": "First Citizen:\nWe are accounted poor citizens, the patricians good.\n",
+}
+TRAINING_STEPS = 40
+LEARNING_RATE = 1e-2
+
+
+def _train_adapter(line: str, folder: Path) -> None:
+    """Fit a rank-8 LoRA on q_proj and v_proj to one repeated line for a few steps and save it."""
+    model, tokenizer = load_causal_lm(DEFAULT_MODEL_DIR)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    ids = torch.tensor([tokenizer(PROMPT + line * 3)["input_ids"]])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    peft_model.train()
+    for _step in range(TRAINING_STEPS):
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("adapters")
+    for name, line in TRAINING_LINES.items():
+        _train_adapter(line, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter_server(adapters_dir: Path) -> Iterator[str]:
+    engine = load_engine(DEFAULT_MODEL_DIR, 2, adapters_dir)
+    port = free_port(HOST)
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host=HOST, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="adapter-model-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail(f"the model server did not start on {HOST}:{port} within {SERVER_START_TIMEOUT_S} s")
+        time.sleep(0.05)
+    yield f"http://{HOST}:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+async def _generate(url: str, adapter_id: str | None, seed: int | None = None) -> str:
+    async with AsyncInferenceClient(base_url=url) as client:
+        if seed is None:
+            return await client.text_generation(PROMPT, max_new_tokens=16, adapter_id=adapter_id)
+        return await client.text_generation(
+            PROMPT, max_new_tokens=16, adapter_id=adapter_id, do_sample=True, temperature=0.8, seed=seed
+        )
+
+
+async def test_adapters_change_output(adapter_server: str) -> None:
+    base = await _generate(adapter_server, None)
+    verse = await _generate(adapter_server, "verse")
+    prose = await _generate(adapter_server, "prose")
+
+    assert verse != prose
+    assert verse != base
+    assert prose != base
+
+
+async def test_adapter_learned_its_line(adapter_server: str) -> None:
+    verse = await _generate(adapter_server, "verse")
+
+    assert verse.startswith("KING")
+
+
+async def test_same_seed_same_adapter_repeats(adapter_server: str) -> None:
+    first = await _generate(adapter_server, "prose", seed=7)
+    second = await _generate(adapter_server, "prose", seed=7)
+    other = await _generate(adapter_server, "verse", seed=7)
+
+    assert first == second
+    assert first != other
+
+
+async def test_streams_interleave_adapters(adapter_server: str) -> None:
+    # Two generations at once on different adapters: the forward lock keeps each on its own adapter.
+    together = await _gather(adapter_server)
+    alone = [await _generate(adapter_server, "verse"), await _generate(adapter_server, "prose")]
+
+    assert together == alone
+
+
+async def _gather(url: str) -> list[str]:
+    return list(await asyncio.gather(_generate(url, "verse"), _generate(url, "prose")))
+
+
+async def test_unknown_adapter_rejected(adapter_server: str) -> None:
+    with pytest.raises(TgiValidationError) as caught:
+        await _generate(adapter_server, "sonnet")
+
+    assert "unknown model or adapter 'sonnet'" in str(caught.value)
+    assert "['prose', 'verse']" in str(caught.value)
+
+
+def test_chat_model_selects_adapter(adapter_server: str) -> None:
+    def complete(model: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": "Speak."}], "max_tokens": 12}
+        response = httpx.post(f"{adapter_server}/v1/chat/completions", json=body, timeout=30.0)
+        response.raise_for_status()
+        return response.json()["choices"][0]["message"]["content"]
+
+    assert complete("verse") != complete("prose")
+
+
+def test_models_lists_adapters(adapter_server: str) -> None:
+    response = httpx.get(f"{adapter_server}/v1/models", timeout=10.0)
+
+    ids = [model["id"] for model in response.json()["data"]]
+    assert ids == [DEFAULT_MODEL_DIR.name, "prose", "verse"]
+
+
+def test_missing_folder_named(tmp_path: Path) -> None:
+    model, _tokenizer = load_causal_lm(DEFAULT_MODEL_DIR)
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_adapters(model, tmp_path / "absent")
+
+
+def test_folder_without_adapter_named(tmp_path: Path) -> None:
+    model, _tokenizer = load_causal_lm(DEFAULT_MODEL_DIR)
+    (tmp_path / "notes").mkdir()
+
+    with pytest.raises(ModelLoadError, match="no adapter found in"):
+        load_adapters(model, tmp_path)
+
+
+def test_base_name_reserved(tmp_path: Path, adapters_dir: Path) -> None:
+    model, _tokenizer = load_causal_lm(DEFAULT_MODEL_DIR)
+    reserved = tmp_path / BASE_ADAPTER
+    reserved.mkdir()
+    for item in (adapters_dir / "verse").iterdir():
+        (reserved / item.name).write_bytes(item.read_bytes())
+
+    with pytest.raises(ModelLoadError, match="may not be named"):
+        load_adapters(model, tmp_path)
