@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from shared.embedded.infrastructure import free_port
 from shared.settings import REPO_ROOT
 from tests.inference.scripted_tgi import ScriptedServer
 from tests.support.jetstream import jetstream_client, private_nats
+from tests.support.lora import train_adapters
 from tests.support.services import spawn_service
 
 HOST = "127.0.0.1"
@@ -39,11 +41,25 @@ def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="package")
 def model_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start `python -m services.model_server` on a free port and wait for `GET /health`."""
+    with _model_server(tmp_path_factory, "model-server", {}) as url:
+        yield url
+
+
+@pytest.fixture(scope="package")
+def adapter_model_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A model server that also serves the adapters of `tests.support.lora`, trained for this package."""
+    adapters_dir = train_adapters(tmp_path_factory.mktemp("adapters"))
+    with _model_server(tmp_path_factory, "adapter-model-server", {"SLUICE_MODEL_ADAPTERS_DIR": str(adapters_dir)}) as url:
+        yield url
+
+
+@contextmanager
+def _model_server(tmp_path_factory: pytest.TempPathFactory, name: str, extra_env: dict[str, str]) -> Iterator[str]:
     if not MODEL_SERVER_PACKAGE.exists():
         pytest.skip(f"the model server is not written yet: {MODEL_SERVER_PACKAGE} does not exist")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("model-server") / "model-server.log"
-    env = {**os.environ, "SLUICE_MODEL_SERVER_PORT": str(port), "SLUICE_HOST": HOST, "HF_HUB_OFFLINE": "1"}
+    log_path = tmp_path_factory.mktemp(name) / f"{name}.log"
+    env = {**os.environ, "SLUICE_MODEL_SERVER_PORT": str(port), "SLUICE_HOST": HOST, "HF_HUB_OFFLINE": "1", **extra_env}
     process = spawn_service("services.model_server", env, log_path)
     url = f"http://{HOST}:{port}"
     try:

@@ -10,52 +10,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 import uvicorn
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import ValidationError as TgiValidationError
-from peft import LoraConfig, get_peft_model
 
 from services.model_server.adapters import BASE_ADAPTER, load_adapters
 from services.model_server.app import create_app, load_engine
 from shared.embedded.infrastructure import free_port
 from shared.modeling import ModelLoadError, load_causal_lm
 from shared.settings import DEFAULT_MODEL_DIR
+from tests.support.lora import TRAINING_PROMPT, train_adapters
 
 HOST = "127.0.0.1"
-PROMPT = "ROMEO:\n"
 SERVER_START_TIMEOUT_S = 30.0
-# Each adapter learns one line by heart, so greedy decoding shows which one ran.
-TRAINING_LINES = {
-    "verse": "KING HENRY:\nOnce more unto the breach, dear friends, once more;\n",
-    "prose": "First Citizen:\nWe are accounted poor citizens, the patricians good.\n",
-}
-TRAINING_STEPS = 40
-LEARNING_RATE = 1e-2
-
-
-def _train_adapter(line: str, folder: Path) -> None:
-    """Fit a rank-8 LoRA on q_proj and v_proj to one repeated line for a few steps and save it."""
-    model, tokenizer = load_causal_lm(DEFAULT_MODEL_DIR)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    ids = torch.tensor([tokenizer(PROMPT + line * 3)["input_ids"]])
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    peft_model.train()
-    for _step in range(TRAINING_STEPS):
-        loss = peft_model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    peft_model.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("adapters")
-    for name, line in TRAINING_LINES.items():
-        _train_adapter(line, folder / name)
-    return folder
+    return train_adapters(tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +48,9 @@ def adapter_server(adapters_dir: Path) -> Iterator[str]:
 async def _generate(url: str, adapter_id: str | None, seed: int | None = None) -> str:
     async with AsyncInferenceClient(base_url=url) as client:
         if seed is None:
-            return await client.text_generation(PROMPT, max_new_tokens=16, adapter_id=adapter_id)
+            return await client.text_generation(TRAINING_PROMPT, max_new_tokens=16, adapter_id=adapter_id)
         return await client.text_generation(
-            PROMPT, max_new_tokens=16, adapter_id=adapter_id, do_sample=True, temperature=0.8, seed=seed
+            TRAINING_PROMPT, max_new_tokens=16, adapter_id=adapter_id, do_sample=True, temperature=0.8, seed=seed
         )
 
 
