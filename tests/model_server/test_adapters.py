@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import ValidationError as TgiValidationError
 
 from services.model_server.adapters import BASE_ADAPTER, load_adapters
-from services.model_server.app import create_app, load_engine
-from shared.embedded.infrastructure import free_port
 from shared.modeling import ModelLoadError, load_causal_lm
 from shared.settings import DEFAULT_MODEL_DIR
-from tests.support.lora import TRAINING_PROMPT, train_adapters
-
-HOST = "127.0.0.1"
-SERVER_START_TIMEOUT_S = 30.0
-@pytest.fixture(scope="module")
-def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_adapters(tmp_path_factory.mktemp("adapters"))
-
-
-@pytest.fixture(scope="module")
-def adapter_server(adapters_dir: Path) -> Iterator[str]:
-    engine = load_engine(DEFAULT_MODEL_DIR, 2, adapters_dir)
-    port = free_port(HOST)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host=HOST, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="adapter-model-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail(f"the model server did not start on {HOST}:{port} within {SERVER_START_TIMEOUT_S} s")
-        time.sleep(0.05)
-    yield f"http://{HOST}:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
+from tests.support.lora import TRAINING_PROMPT
 
 async def _generate(url: str, adapter_id: str | None, seed: int | None = None) -> str:
     async with AsyncInferenceClient(base_url=url) as client:
@@ -54,35 +24,35 @@ async def _generate(url: str, adapter_id: str | None, seed: int | None = None) -
         )
 
 
-async def test_adapters_change_output(adapter_server: str) -> None:
-    base = await _generate(adapter_server, None)
-    verse = await _generate(adapter_server, "verse")
-    prose = await _generate(adapter_server, "prose")
+async def test_adapters_change_output(adapter_server_url: str) -> None:
+    base = await _generate(adapter_server_url, None)
+    verse = await _generate(adapter_server_url, "verse")
+    prose = await _generate(adapter_server_url, "prose")
 
     assert verse != prose
     assert verse != base
     assert prose != base
 
 
-async def test_adapter_learned_its_line(adapter_server: str) -> None:
-    verse = await _generate(adapter_server, "verse")
+async def test_adapter_learned_its_line(adapter_server_url: str) -> None:
+    verse = await _generate(adapter_server_url, "verse")
 
     assert verse.startswith("KING")
 
 
-async def test_same_seed_same_adapter_repeats(adapter_server: str) -> None:
-    first = await _generate(adapter_server, "prose", seed=7)
-    second = await _generate(adapter_server, "prose", seed=7)
-    other = await _generate(adapter_server, "verse", seed=7)
+async def test_same_seed_same_adapter_repeats(adapter_server_url: str) -> None:
+    first = await _generate(adapter_server_url, "prose", seed=7)
+    second = await _generate(adapter_server_url, "prose", seed=7)
+    other = await _generate(adapter_server_url, "verse", seed=7)
 
     assert first == second
     assert first != other
 
 
-async def test_streams_interleave_adapters(adapter_server: str) -> None:
+async def test_streams_interleave_adapters(adapter_server_url: str) -> None:
     # Two generations at once on different adapters: the forward lock keeps each on its own adapter.
-    together = await _gather(adapter_server)
-    alone = [await _generate(adapter_server, "verse"), await _generate(adapter_server, "prose")]
+    together = await _gather(adapter_server_url)
+    alone = [await _generate(adapter_server_url, "verse"), await _generate(adapter_server_url, "prose")]
 
     assert together == alone
 
@@ -91,26 +61,26 @@ async def _gather(url: str) -> list[str]:
     return list(await asyncio.gather(_generate(url, "verse"), _generate(url, "prose")))
 
 
-async def test_unknown_adapter_rejected(adapter_server: str) -> None:
+async def test_unknown_adapter_rejected(adapter_server_url: str) -> None:
     with pytest.raises(TgiValidationError) as caught:
-        await _generate(adapter_server, "sonnet")
+        await _generate(adapter_server_url, "sonnet")
 
     assert "unknown model or adapter 'sonnet'" in str(caught.value)
     assert "['prose', 'verse']" in str(caught.value)
 
 
-def test_chat_model_selects_adapter(adapter_server: str) -> None:
+def test_chat_model_selects_adapter(adapter_server_url: str) -> None:
     def complete(model: str) -> str:
         body = {"model": model, "messages": [{"role": "user", "content": "Speak."}], "max_tokens": 12}
-        response = httpx.post(f"{adapter_server}/v1/chat/completions", json=body, timeout=30.0)
+        response = httpx.post(f"{adapter_server_url}/v1/chat/completions", json=body, timeout=30.0)
         response.raise_for_status()
         return response.json()["choices"][0]["message"]["content"]
 
     assert complete("verse") != complete("prose")
 
 
-def test_models_lists_adapters(adapter_server: str) -> None:
-    response = httpx.get(f"{adapter_server}/v1/models", timeout=10.0)
+def test_models_lists_adapters(adapter_server_url: str) -> None:
+    response = httpx.get(f"{adapter_server_url}/v1/models", timeout=10.0)
 
     ids = [model["id"] for model in response.json()["data"]]
     assert ids == [DEFAULT_MODEL_DIR.name, "prose", "verse"]
