@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,7 @@ import psutil
 from load_tests.bench_pipeline import TOKENS_PER_REQUEST, pipeline_body
 from load_tests.open_loop import LoadResult, percentiles_ms, run_open_loop
 from load_tests.open_loop_clients import PipelineClient
-from load_tests.pipeline_results import ZERO_BACKEND_COLUMN
-from load_tests.pipeline_stack import ZeroBackend, bench_stack, write_serving_config
+from load_tests.pipeline_stack import bench_folder, process_pids, started_stack
 from load_tests.report import BenchSection
 
 BYTES_PER_MIB = 1024 * 1024
@@ -100,33 +98,17 @@ def _rss_bytes(pid: int) -> int:
 def run(quick: bool, data_dir: Path | None = None) -> BenchSection:
     """Start the zero backend and the stack, run the plan's load while sampling RSS, stop all."""
     plan = QUICK_PLAN if quick else FULL_PLAN
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        result, sampler = _run_in(data_dir, plan)
-    else:
-        with tempfile.TemporaryDirectory(prefix="sluice-bench-memory-") as folder:
-            result, sampler = _run_in(Path(folder), plan)
-    return _section(result, sampler, plan, quick)
-
-
-def _run_in(root: Path, plan: Plan) -> tuple[LoadResult, RssSampler]:
-    with ZeroBackend(root / "logs" / "zero-backend.log") as backend:
-        experiments, backends = write_serving_config(root, backend.url, TOKENS_PER_REQUEST)
-        stack = bench_stack(root / "stack", experiments, backends, plan.request_timeout_s)
-        stack.start()
+    with (
+        bench_folder(data_dir, "sluice-bench-memory-") as root,
+        started_stack(root, TOKENS_PER_REQUEST, plan.request_timeout_s) as (stack, backend),
+    ):
+        sampler = RssSampler(process_pids(stack, backend), plan.sample_interval_s)
+        sampler.start()
         try:
-            pids = {child.name: child.process.pid for child in stack.processes}
-            if backend.process is not None:
-                pids[ZERO_BACKEND_COLUMN] = backend.process.pid
-            sampler = RssSampler(pids, plan.sample_interval_s)
-            sampler.start()
-            try:
-                result = asyncio.run(_load(stack.http_url, stack.api_key, plan))
-            finally:
-                sampler.stop()
-            return result, sampler
+            result = asyncio.run(_load(stack.http_url, stack.api_key, plan))
         finally:
-            stack.stop()
+            sampler.stop()
+    return _section(result, sampler, plan, quick)
 
 
 async def _load(http_url: str, api_key: str, plan: Plan) -> LoadResult:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from load_tests.open_loop import LoadResult, run_open_loop
 from load_tests.open_loop_clients import DirectClient, PipelineClient
 from load_tests.pipeline_results import (
     LATENCY_HEADERS,
-    ZERO_BACKEND_COLUMN,
     PipelineOutcome,
     RateMeasurement,
     cpu_table,
@@ -40,10 +38,11 @@ from load_tests.pipeline_results import (
 )
 from load_tests.pipeline_stack import (
     ZeroBackend,
-    bench_stack,
+    bench_folder,
     cpu_seconds,
+    process_pids,
+    started_stack,
     wait_until_drained,
-    write_serving_config,
 )
 from load_tests.rate_search import RateSearch
 from load_tests.report import BenchSection
@@ -117,9 +116,7 @@ class PipelineBench:
         self._stack = stack
         self._backend = backend
         self._plan = plan
-        self._pids = {child.name: child.process.pid for child in stack.processes}
-        if backend.process is not None:
-            self._pids[ZERO_BACKEND_COLUMN] = backend.process.pid
+        self._pids = process_pids(stack, backend)
         # CPU milliseconds per second each process uses with no traffic, subtracted from every run.
         self.idle_ms_per_s = dict.fromkeys(self._pids, 0.0)
 
@@ -198,24 +195,12 @@ def run(quick: bool, data_dir: Path | None = None) -> BenchSection:
     when given, which is then kept so the services' logs can be read.
     """
     plan = QUICK_PLAN if quick else FULL_PLAN
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        outcome = _run_in(data_dir, plan)
-    else:
-        with tempfile.TemporaryDirectory(prefix="sluice-bench-pipeline-") as folder:
-            outcome = _run_in(Path(folder), plan)
+    with (
+        bench_folder(data_dir, "sluice-bench-pipeline-") as root,
+        started_stack(root, TOKENS_PER_REQUEST, plan.request_timeout_s) as (stack, backend),
+    ):
+        outcome = _measure_all(PipelineBench(stack, backend, plan), plan)
     return _section(outcome, plan, quick)
-
-
-def _run_in(root: Path, plan: Plan) -> PipelineOutcome:
-    with ZeroBackend(root / "logs" / "zero-backend.log") as backend:
-        experiments, backends = write_serving_config(root, backend.url, TOKENS_PER_REQUEST)
-        stack = bench_stack(root / "stack", experiments, backends, plan.request_timeout_s)
-        stack.start()
-        try:
-            return _measure_all(PipelineBench(stack, backend, plan), plan)
-        finally:
-            stack.stop()
 
 
 def _measure_all(bench: PipelineBench, plan: Plan) -> PipelineOutcome:

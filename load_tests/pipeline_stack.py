@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +22,7 @@ import yaml
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from load_tests.pipeline_results import ZERO_BACKEND_COLUMN
 from shared.embedded.infrastructure import die_with_parent, free_port, wait_for_port
 from shared.embedded.stack import EmbeddedStack
 from shared.settings import REPO_ROOT
@@ -113,6 +117,40 @@ def bench_stack(data_dir: Path, experiments_file: Path, backends_file: Path, req
         backends_file=backends_file,
         request_timeout_s=request_timeout_s,
     )
+
+
+@contextmanager
+def bench_folder(data_dir: Path | None, prefix: str) -> Iterator[Path]:
+    """Yield `data_dir`, created if needed and kept afterwards so its logs can be read, or a temporary folder."""
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yield data_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
+
+
+@contextmanager
+def started_stack(
+    root: Path, max_new_tokens: int, request_timeout_s: float
+) -> Iterator[tuple[EmbeddedStack, ZeroBackend]]:
+    """Start the zero backend and a stack in `root` whose every variant streams from it; stop both at the end."""
+    with ZeroBackend(root / "logs" / "zero-backend.log") as backend:
+        experiments, backends = write_serving_config(root, backend.url, max_new_tokens)
+        stack = bench_stack(root / "stack", experiments, backends, request_timeout_s)
+        stack.start()
+        try:
+            yield stack, backend
+        finally:
+            stack.stop()
+
+
+def process_pids(stack: EmbeddedStack, backend: ZeroBackend) -> dict[str, int]:
+    """Return the pid of every process the benchmarks measure, by the name their tables use."""
+    pids = {child.name: child.process.pid for child in stack.processes}
+    if backend.process is not None:
+        pids[ZERO_BACKEND_COLUMN] = backend.process.pid
+    return pids
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:

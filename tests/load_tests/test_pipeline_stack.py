@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from load_tests.pipeline_stack import ZERO_BACKEND_NAME, bench_stack, write_serving_config
+from load_tests.pipeline_stack import ZERO_BACKEND_NAME, bench_folder, bench_stack, write_serving_config
 from shared.experiments import load_serving_config
 from shared.settings import Settings
 
@@ -29,3 +29,21 @@ def test_bench_stack_passes_config_to_children(tmp_path: Path) -> None:
     assert environment["SLUICE_EXPERIMENTS_FILE"] == str(experiments)
     assert environment["SLUICE_BACKENDS_FILE"] == str(backends)
     assert environment["SLUICE_REQUEST_TIMEOUT_S"] == "10.0"
+
+
+def test_bench_folder_keeps_given_folder(tmp_path: Path) -> None:
+    given = tmp_path / "kept" / "run"
+
+    with bench_folder(given, "unused-") as root:
+        (root / "log.txt").write_text("x")
+
+    assert root == given
+    assert (given / "log.txt").read_text() == "x"
+
+
+def test_bench_folder_removes_temporary_folder() -> None:
+    with bench_folder(None, "sluice-test-bench-") as root:
+        assert root.is_dir()
+        assert root.name.startswith("sluice-test-bench-")
+
+    assert not root.exists()
