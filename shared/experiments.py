@@ -66,7 +66,7 @@ class BackendConfig(_Config):
     (the `openai` package, for vLLM, SGLang and any OpenAI-compatible
     server). `model` is the model name an `openai` backend sends when the
     variant names none. `api_key_env` names the environment variable that
-    holds an `openai` backend's API key, so the key never sits in the file.
+    contains an `openai` backend's API key, so the key is never written in the file.
     """
 
     kind: Literal["tgi", "openai"]

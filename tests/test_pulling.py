@@ -44,7 +44,7 @@ async def client(bus_url: str) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def spec(client: Client, request: pytest.FixtureRequest) -> ConsumerSpec:
-    """A new stream and durable consumer per test, so stream sequences start at 1 and no test sees another's messages."""
+    """Create a new stream and durable consumer per test, so sequences start at 1 and tests share no messages."""
     jetstream = client.jetstream()
     with contextlib.suppress(NotFoundError):
         await jetstream.delete_stream(STREAM)

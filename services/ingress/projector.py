@@ -36,15 +36,17 @@ from services.ingress.state_store import RequestStateStore, StateUpdate
 
 log = structlog.get_logger(__name__)
 
-# Up to this many events are fetched and written to Redis in one round trip
-# each. Under load a batch fills within a millisecond or two; when traffic is
-# light a fetch returns the events that are there, so a batch never waits.
+# The largest batch: one round trip to fetch it and one to write it to Redis.
+# A fetch returns the events already there, so a batch never waits to fill.
 FETCH_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
 class _Projection:
-    """What one well-formed event writes: its status update and, for a request ending before moderation, a final."""
+    """The writes of one well-formed event: its status update, and the final message of a request ending early.
+
+    A request that ends before moderation (blocked prompt, failure, expiry) gets its final message here.
+    """
 
     msg: Msg
     envelope: Envelope

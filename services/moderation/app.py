@@ -24,8 +24,11 @@ SERVICE_NAME = "moderation"
 
 # A request's chunks must be handled one after another in stream order, so
 # the messages of a fetch are handled in turn. Up to this many come in one
-# fetch, one round trip to nats-server; a chunk takes well under a
-# millisecond, so a full batch holds the next fetch back only briefly.
+# fetch, one round trip to nats-server. A fetch returns what is already
+# there, so a batch never waits to fill.
+# NOTE: a full batch is handled before the next fetch. At 50 requests/s the
+# service spent about 1.5 ms of CPU per chunk message (make bench), so 64
+# messages can hold the next fetch for tens of milliseconds under load.
 FETCH_BATCH_SIZE = 64
 
 
