@@ -10,12 +10,15 @@ it uses, and `BASE_ADAPTER` runs the base model alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from peft import PeftModel
 from transformers import PreTrainedModel
 
 from shared.modeling import ModelLoadError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +32,9 @@ def load_adapters(model: PreTrainedModel, adapters_dir: Path) -> tuple[PeftModel
 
     Raises `ModelLoadError` when the folder is missing, contains no adapter, or an adapter does not load.
     """
+    # Imported here: peft takes about 2 s to import, which a server without adapters need not wait for.
+    from peft import PeftModel
+
     folders = _adapter_folders(adapters_dir)
     first, *rest = folders
     try:
