@@ -59,7 +59,7 @@ class OpenAICompatibleBackend:
         # the generator owns retries and failover.
         self._client = openai.AsyncOpenAI(
             base_url=f"{config.url.rstrip('/')}/v1",
-            api_key=_api_key(config),
+            api_key=_api_key(name, config),
             timeout=httpx2.Timeout(None, connect=config.connect_timeout_s),
             max_retries=0,
         )
@@ -115,15 +115,15 @@ class OpenAICompatibleBackend:
 
 
 
-def _api_key(config: BackendConfig) -> str:
+def _api_key(name: str, config: BackendConfig) -> str:
     """Return the key from the environment variable the config names, so no key is ever written in a config file."""
     if config.api_key_env is None:
         return NO_API_KEY
     key = os.environ.get(config.api_key_env)
     if not key:
         raise ConfigError(
-            f"backend {config.url}: api_key_env names {config.api_key_env}, which is not set; "
-            "export it or remove api_key_env"
+            f"backend {name} ({config.url}): api_key_env names {config.api_key_env}, which is not set. "
+            "Export it or remove api_key_env"
         )
     return key
 

@@ -107,7 +107,7 @@ async def test_api_key_read_from_environment(
 async def test_missing_key_variable_fails_at_start(scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ENGINE_KEY", raising=False)
 
-    with pytest.raises(ConfigError, match="ENGINE_KEY, which is not set"):
+    with pytest.raises(ConfigError, match=r"backend engine \(.*\): api_key_env names ENGINE_KEY, which is not set"):
         OpenAICompatibleBackend("engine", BackendConfig(kind="openai", url=scripted.url, api_key_env="ENGINE_KEY"))
 
 
