@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from growthbook.core import WEIGHT_SUM_MAX, WEIGHT_SUM_MIN
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.events import GenerationParams, VariantSpec
 from shared.settings import Settings
+from shared.subjects import SUBJECT_TOKEN_PATTERN
 
 # A connection to a model server on the same host or network opens in
 # milliseconds. 5 s tolerates a loaded host, and a server that is down still
@@ -33,6 +34,18 @@ DEFAULT_FIRST_TOKEN_TIMEOUT_S = 30.0
 # A healthy stream sends a token every few tens of milliseconds, so a 30 s gap
 # means the server hangs.
 DEFAULT_TOKEN_TIMEOUT_S = 30.0
+# The embedded model server generates 4 requests at once
+# (`Settings.model_server_max_concurrent_generations`). A request sent beyond
+# that waits in the server's own queue, where it can no longer move to another
+# endpoint, so the pool keeps it until a slot is free.
+DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT = 4
+# One request makes up to 3 tries (`MAX_BACKEND_TRIES` in the inference
+# service), so 5 consecutive failures are more than one unlucky request and
+# take a dead endpoint out after about two requests.
+DEFAULT_BREAKER_FAILURE_THRESHOLD = 5
+# While an endpoint is out, one trial call every 10 s costs at most one failed
+# try per interval and brings a restarted server back within 10 s.
+DEFAULT_BREAKER_OPEN_S = 10.0
 
 # The growthbook SDK (4.0.0) silently replaces weights that sum to less than
 # WEIGHT_SUM_MIN (0.99) or more than WEIGHT_SUM_MAX (1.01) with equal
@@ -41,11 +54,17 @@ DEFAULT_TOKEN_TIMEOUT_S = 30.0
 # server. When it is unset, `Settings.resolved_model_server_url` is used.
 MODEL_SERVER_URL_VARIABLE = "SLUICE_MODEL_SERVER_URL"
 
+# The model name that selects the usual routing (the experiments in order,
+# then the default variant) for a client that must name a model, as OpenAI
+# clients do.
+AUTO_MODEL = "auto"
+
 # An error message shows at most this much of an invalid value, so a whole
 # list of variants does not bury the reason.
 _MAX_SHOWN_VALUE_CHARS = 80
 
 _VARIABLE_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HTTP_URL_PATTERN = r"^https?://\S+$"
 
 
 class ConfigError(ValueError):
@@ -60,22 +79,63 @@ class _Config(BaseModel):
 
 
 class BackendConfig(_Config):
-    """One model server. Every timeout is in seconds.
+    """A pool of model servers that serve the same model. Every timeout is in seconds.
 
     `kind` picks the client: `tgi` (huggingface_hub's TGI client) or `openai`
     (the `openai` package, for vLLM, SGLang and any OpenAI-compatible
-    server). `model` is the model name an `openai` backend sends when the
-    variant names none. `api_key_env` names the environment variable that
-    contains an `openai` backend's API key, so the key is never written in the file.
+    server). `url` names a single endpoint and `endpoints` several. Exactly
+    one of the two is set. `model` is the model name an `openai` backend
+    sends when the variant names none. `api_key_env` names the environment
+    variable that contains an `openai` backend's API key, so the key is never
+    written in the file. Each endpoint has its own circuit breaker: it opens
+    after `breaker_failure_threshold` consecutive retryable failures, rejects
+    calls for `breaker_open_s` seconds, then lets one trial call through.
     """
 
     kind: Literal["tgi", "openai"]
-    url: str = Field(pattern=r"^https?://\S+$")
+    url: str | None = Field(default=None, pattern=_HTTP_URL_PATTERN)
+    endpoints: list[Annotated[str, Field(pattern=_HTTP_URL_PATTERN)]] | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, min_length=1)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     first_token_timeout_s: float = Field(default=DEFAULT_FIRST_TOKEN_TIMEOUT_S, gt=0)
     token_timeout_s: float = Field(default=DEFAULT_TOKEN_TIMEOUT_S, gt=0)
+    max_in_flight_per_endpoint: int = Field(default=DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT, gt=0)
+    breaker_failure_threshold: int = Field(default=DEFAULT_BREAKER_FAILURE_THRESHOLD, gt=0)
+    breaker_open_s: float = Field(default=DEFAULT_BREAKER_OPEN_S, gt=0)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, endpoints: list[str] | None) -> list[str] | None:
+        if endpoints is not None:
+            _check_unique(endpoints, "endpoint")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _check_one_location(self) -> BackendConfig:
+        if self.url is not None and self.endpoints is not None:
+            raise ValueError("set either url (one endpoint) or endpoints (a pool), not both")
+        if self.url is None and self.endpoints is None:
+            raise ValueError("missing endpoint: set url to one server's URL or endpoints to a list of URLs")
+        return self
+
+    @property
+    def endpoint_urls(self) -> list[str]:
+        """The URL of every endpoint, in file order."""
+        if self.endpoints is not None:
+            return list(self.endpoints)
+        return [self.url] if self.url is not None else []
+
+    @property
+    def max_in_flight(self) -> int:
+        """The maximum number of requests the pool sends at once, over all its endpoints."""
+        return len(self.endpoint_urls) * self.max_in_flight_per_endpoint
+
+    def for_endpoint(self, url: str) -> BackendConfig:
+        """Return a copy of this config with `url` as its only endpoint: what one endpoint's client reads."""
+        if url not in self.endpoint_urls:
+            raise ValueError(f"{url} is not an endpoint of this backend; its endpoints are {self.endpoint_urls}")
+        return self.model_copy(update={"url": url, "endpoints": None})
 
 
 class VariantConfig(_Config):
@@ -158,10 +218,55 @@ class ExperimentsFile(_Config):
         return [variant for experiment in self.experiments for variant in experiment.variants] + [self.default_variant]
 
 
-class BackendsFile(_Config):
-    """The contents of backends.yaml: backend name to backend."""
+@dataclass(frozen=True)
+class ModelChoice:
+    """The selection a request's `model` name makes.
 
-    backends: dict[str, BackendConfig] = Field(min_length=1)
+    It is one experiment, one variant, or the usual routing when both are None.
+    """
+
+    experiment_key: str | None = None
+    variant: VariantConfig | None = None
+
+
+def find_model(experiments: ExperimentsFile, name: str | None) -> ModelChoice | None:
+    """Return what the model `name` selects, or None when `name` is unknown.
+
+    An experiment key selects that experiment, and a variant key selects that
+    variant. None and `AUTO_MODEL` select the usual routing. Experiment keys
+    are matched first, then variant keys in file order with the default
+    variant last, so a variant key that several experiments share selects
+    the first of them.
+    """
+    if name is None:
+        return ModelChoice()
+    for experiment in experiments.experiments:
+        if experiment.key == name:
+            return ModelChoice(experiment_key=name)
+    for variant in experiments.variants():
+        if variant.key == name:
+            return ModelChoice(variant=variant)
+    if name == AUTO_MODEL:
+        return ModelChoice()
+    return None
+
+
+def model_names(experiments: ExperimentsFile) -> list[str]:
+    """Return each name that `find_model` accepts once: `AUTO_MODEL`, the experiment keys, then the variant keys."""
+    names = [AUTO_MODEL]
+    names += [experiment.key for experiment in experiments.experiments]
+    names += [variant.key for variant in experiments.variants()]
+    return list(dict.fromkeys(names))
+
+
+class BackendsFile(_Config):
+    """The contents of backends.yaml: backend name to backend.
+
+    A backend name becomes a token of its pool's NATS subjects, so it is
+    limited to letters, digits, '_' and '-'.
+    """
+
+    backends: dict[Annotated[str, Field(pattern=SUBJECT_TOKEN_PATTERN)], BackendConfig] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -191,7 +296,7 @@ def _check_weights(weights: list[float | None]) -> None:
         )
 
 
-def expand_variables(value: Any, variables: Mapping[str, str], path: Path, key_path: str = "") -> Any:
+def expand_variables(value: Any, variables: Mapping[str, str], path: Path | str, key_path: str = "") -> Any:
     """Return a copy of a parsed YAML tree with every `${NAME}` in a string replaced by `variables[NAME]`.
 
     Raises `ConfigError` naming the key path when a referenced variable is not set.
@@ -205,7 +310,7 @@ def expand_variables(value: Any, variables: Mapping[str, str], path: Path, key_p
     return value
 
 
-def _lookup(name: str, variables: Mapping[str, str], path: Path, key_path: str) -> str:
+def _lookup(name: str, variables: Mapping[str, str], path: Path | str, key_path: str) -> str:
     if name not in variables:
         raise ConfigError(
             f"{path}: {key_path} refers to environment variable {name}, which is not set. Set it or edit the file"
@@ -219,22 +324,27 @@ def _join(key_path: str, key: object) -> str:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as config_file:
-            return yaml.safe_load(config_file)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: file not found. Create it or point the setting at another file") from error
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, source: Path | str) -> Any:
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from error
+        raise ConfigError(f"{source}: invalid YAML: {error}") from error
 
 
-def _validate(model: type[_Config], data: Any, path: Path) -> Any:
+def _validate(model: type[_Config], data: Any, path: Path | str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_describe(error, path)) from error
 
 
-def _describe(error: ValidationError, path: Path) -> str:
+def _describe(error: ValidationError, path: Path | str) -> str:
     lines = [f"{path}: {error.error_count()} invalid value(s):"]
     for detail in error.errors():
         key_path = ".".join(str(part) for part in detail["loc"]) or "(top level)"
@@ -254,6 +364,12 @@ def load_experiments(path: Path, variables: Mapping[str, str]) -> ExperimentsFil
     return _validate(ExperimentsFile, data, path)
 
 
+def parse_experiments(text: str, source: str, variables: Mapping[str, str]) -> ExperimentsFile:
+    """Validate the YAML text of an experiments file; `source` names it in errors. Raises `ConfigError`."""
+    data = expand_variables(_parse_yaml(text, source), variables, source)
+    return _validate(ExperimentsFile, data, source)
+
+
 def load_backends(path: Path, variables: Mapping[str, str]) -> dict[str, BackendConfig]:
     """Read and validate backends.yaml and return backend name to backend. Raises `ConfigError`."""
     data = expand_variables(_read_yaml(path), variables, path)
@@ -270,10 +386,17 @@ def load_serving_config(settings: Settings) -> ServingConfig:
     variables = config_variables(settings)
     experiments = load_experiments(settings.experiments_file, variables)
     backends = load_backends(settings.backends_file, variables)
+    check_variant_backends(experiments, settings.experiments_file, backends, settings.backends_file)
+    return ServingConfig(experiments=experiments, backends=backends)
+
+
+def check_variant_backends(
+    experiments: ExperimentsFile, source: Path | str, backends: Mapping[str, BackendConfig], backends_file: Path
+) -> None:
+    """Raise `ConfigError` when a variant names a backend that `backends_file` does not define."""
     for variant in experiments.variants():
         if variant.backend not in backends:
             raise ConfigError(
-                f"{settings.experiments_file}: variant {variant.key!r} names backend {variant.backend!r}, "
-                f"which {settings.backends_file} does not define; defined backends: {sorted(backends)}"
+                f"{source}: variant {variant.key!r} names backend {variant.backend!r}, "
+                f"which {backends_file} does not define; defined backends: {sorted(backends)}"
             )
-    return ServingConfig(experiments=experiments, backends=backends)

@@ -113,6 +113,16 @@ def test_unknown_kind_rejected(tmp_path: Path) -> None:
     assert "'tgi'" in str(caught.value)
 
 
+def test_backend_name_must_be_subject_token(tmp_path: Path) -> None:
+    path = _write(tmp_path, "b.yaml", "backends:\n  gpu.pool: {kind: tgi, url: 'http://h:1'}\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_backends(path, {})
+
+    assert "'gpu.pool'" in str(caught.value)
+    assert "[key]" in str(caught.value)
+
+
 def test_seed_defaults_to_key(tmp_path: Path) -> None:
     experiments = load_experiments(_write(tmp_path, "e.yaml", EXPERIMENTS_YAML), {})
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shared.events import ChatMessage, GenerationParams, Usage
+from shared.experiments import BackendConfig
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,19 @@ class Backend(Protocol):
         ...
 
 
+def single_endpoint_url(name: str, config: BackendConfig) -> str:
+    """Return the URL of a config's only endpoint. Raises ValueError when the config lists several.
+
+    A client calls one server, and `EndpointPool` spreads requests over several clients.
+    """
+    if config.url is None:
+        raise ValueError(
+            f"backend {name} lists {len(config.endpoint_urls)} endpoints, but a client calls one: "
+            "build an EndpointPool, which gives each endpoint its own client"
+        )
+    return config.url
+
+
 class BackendError(Exception):
     """A backend call failed.
 
@@ -100,3 +114,13 @@ class BackendProtocolError(BackendError):
     """The server's reply does not follow the protocol, for example a stream without a finish reason."""
 
     error_code = "backend_protocol_error"
+
+
+class NoEndpointAvailable(BackendError):
+    """Every endpoint of the pool has an open circuit breaker or a half-open one whose trial call is running.
+
+    Not retryable within the request: no breaker lets a call through before
+    its open time has passed.
+    """
+
+    error_code = "no_endpoint_available"

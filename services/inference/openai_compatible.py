@@ -23,6 +23,7 @@ from services.inference.backends import (
     BackendTimeout,
     BackendUnavailable,
     StreamItem,
+    single_endpoint_url,
 )
 from services.inference.chat_stream import read_chunks, sampling_arguments
 from shared.events import ChatMessage, GenerationParams
@@ -45,12 +46,13 @@ class OpenAICompatibleBackend:
 
     The request's model is the variant's adapter id when it has one (vLLM and
     SGLang serve each LoRA adapter under its own model name), else the
-    variant's model, else the backend's `model`.
+    variant's model, else the backend's `model`. Raises ValueError when
+    `config` lists several endpoints.
     """
 
     def __init__(self, name: str, config: BackendConfig) -> None:
         self.name = name
-        self._url = config.url
+        self._url = single_endpoint_url(name, config)
         self._default_model = config.model
         self._first_token_timeout_s = config.first_token_timeout_s
         self._token_timeout_s = config.token_timeout_s
@@ -58,8 +60,8 @@ class OpenAICompatibleBackend:
         # and per-token timeouts below bound each wait instead. max_retries=0:
         # the generator owns retries and failover.
         self._client = openai.AsyncOpenAI(
-            base_url=f"{config.url.rstrip('/')}/v1",
-            api_key=_api_key(name, config),
+            base_url=f"{self._url.rstrip('/')}/v1",
+            api_key=_api_key(name, self._url, config.api_key_env),
             timeout=httpx2.Timeout(None, connect=config.connect_timeout_s),
             max_retries=0,
         )
@@ -115,14 +117,14 @@ class OpenAICompatibleBackend:
 
 
 
-def _api_key(name: str, config: BackendConfig) -> str:
+def _api_key(name: str, url: str, api_key_env: str | None) -> str:
     """Return the key from the environment variable the config names, so no key is ever written in a config file."""
-    if config.api_key_env is None:
+    if api_key_env is None:
         return NO_API_KEY
-    key = os.environ.get(config.api_key_env)
+    key = os.environ.get(api_key_env)
     if not key:
         raise ConfigError(
-            f"backend {name} ({config.url}): api_key_env names {config.api_key_env}, which is not set. "
+            f"backend {name} ({url}): api_key_env names {api_key_env}, which is not set. "
             "Export it or remove api_key_env"
         )
     return key

@@ -27,6 +27,7 @@ from services.inference.backends import (
     BackendTimeout,
     BackendUnavailable,
     StreamItem,
+    single_endpoint_url,
 )
 from services.inference.chat_stream import read_chunks, sampling_arguments
 from shared.events import ChatMessage, GenerationParams
@@ -45,11 +46,14 @@ _HTTP_SERVER_ERROR = 500
 
 
 class TgiBackend:
-    """Streams chat completions from one TGI-protocol server. Safe to share between concurrent requests."""
+    """Streams chat completions from one TGI-protocol server. Safe to share between concurrent requests.
+
+    Raises ValueError when `config` lists several endpoints.
+    """
 
     def __init__(self, name: str, config: BackendConfig) -> None:
         self.name = name
-        self._url = config.url
+        self._url = single_endpoint_url(name, config)
         self._connect_timeout_s = config.connect_timeout_s
         self._first_token_timeout_s = config.first_token_timeout_s
         self._token_timeout_s = config.token_timeout_s
@@ -100,6 +104,11 @@ class TgiBackend:
         params: GenerationParams,
         adapter_id: str | None,
     ) -> AsyncIterable[Any]:
+        # NOTE: huggingface_hub's client takes only a total timeout, so
+        # connect_timeout_s bounds the connection and the response headers
+        # together. TGI and the model server send the headers before they
+        # generate. A server that held them until its first token would time
+        # out after connect_timeout_s, not first_token_timeout_s.
         async with asyncio.timeout(self._connect_timeout_s):
             return await client.chat_completion(
                 messages=[message.model_dump() for message in messages],

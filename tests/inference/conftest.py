@@ -7,29 +7,17 @@ through that consumer.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-import httpx
 import pytest
 from nats.js import JetStreamContext
 
 from shared.bus import ensure_jetstream
-from shared.embedded.infrastructure import free_port
-from shared.settings import REPO_ROOT
+from tests.inference.model_servers import running_model_server
 from tests.inference.scripted_tgi import ScriptedServer
 from tests.support.jetstream import jetstream_client, private_nats
 from tests.support.lora import train_adapters
-from tests.support.services import spawn_service
-
-HOST = "127.0.0.1"
-MODEL_SERVER_PACKAGE = REPO_ROOT / "services" / "model_server" / "__main__.py"
-# Loading torch, transformers and the model takes 5 to 15 s on two cores.
-MODEL_SERVER_START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="package")
@@ -55,37 +43,8 @@ def adapter_model_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @contextmanager
 def _model_server(tmp_path_factory: pytest.TempPathFactory, name: str, extra_env: dict[str, str]) -> Iterator[str]:
-    if not MODEL_SERVER_PACKAGE.exists():
-        pytest.skip(f"the model server is not written yet: {MODEL_SERVER_PACKAGE} does not exist")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp(name) / f"{name}.log"
-    env = {**os.environ, "SLUICE_MODEL_SERVER_PORT": str(port), "SLUICE_HOST": HOST, "HF_HUB_OFFLINE": "1", **extra_env}
-    process = spawn_service("services.model_server", env, log_path)
-    url = f"http://{HOST}:{port}"
-    try:
-        _wait_for_health(url, process, log_path)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_health(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + MODEL_SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the model server exited with code {process.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the model server did not answer {url}/health within {MODEL_SERVER_START_TIMEOUT_S} s; see {log_path}")
+    with running_model_server(tmp_path_factory.mktemp(name), name, extra_env) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="package")

@@ -1,16 +1,21 @@
-"""Running the inference service in the test process with a backends file written for the test."""
+"""Running the inference service in the test process with a backends file written for the test, and reading its chunks."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats.errors
 from faststream import TestApp
+from nats.js import JetStreamContext
 
 from services.inference.app import make_app
 from shared.embedded.infrastructure import free_port
+from shared.events import Envelope, EventType, decode_envelope
 from shared.settings import Settings
+from shared.subjects import CHUNKS_STREAM, MODERATION_CONSUMER
 
 HOST = "127.0.0.1"
 
@@ -34,3 +39,30 @@ async def running_inference(bus_url: str, redis_url: str, backends_file: Path) -
     settings = Settings(nats_url=bus_url, redis_url=redis_url, backends_file=backends_file)
     async with TestApp(make_app(settings)):
         yield
+
+
+async def read_chunk_messages(jetstream: JetStreamContext, request_id: str, wait_s: float) -> list[Envelope]:
+    """Read the request's CHUNKS messages through the moderation consumer, up to and including generation.end.
+
+    Acks every message it reads, the other requests' ones included. Raises
+    `AssertionError` when no generation.end arrives within `wait_s` seconds.
+    """
+    subscription = await jetstream.pull_subscribe_bind(MODERATION_CONSUMER.durable, stream=CHUNKS_STREAM)
+    found: list[Envelope] = []
+    deadline = time.monotonic() + wait_s
+    try:
+        while not found or found[-1].type is not EventType.END:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no generation.end for request {request_id} within {wait_s} s")
+            try:
+                batch = await subscription.fetch(64, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in batch:
+                await msg.ack()
+                envelope = decode_envelope(msg.data)
+                if envelope.request_id == request_id:
+                    found.append(envelope)
+    finally:
+        await subscription.unsubscribe()
+    return found
