@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from shared.events import Envelope
-from shared.subjects import CONSUMERS, DUPLICATE_WINDOW_S, STREAMS, ConsumerSpec, StreamSpec, chunk_subject, event_subject
+from shared.subjects import CONSUMERS, DUPLICATE_WINDOW_S, STREAMS, ConsumerSpec, StreamSpec, chunk_subject, envelope_subject
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,12 @@ async def ensure_jetstream(js: JetStreamContext) -> None:
         except NotFoundError:
             await js.add_stream(_stream_config(stream))
     for consumer in CONSUMERS:
-        await js.add_consumer(consumer.stream, consumer_config(consumer))
+        await ensure_consumer(js, consumer)
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create the durable consumer, or update the settings JetStream allows to change (such as `max_ack_pending`)."""
+    await js.add_consumer(spec.stream, consumer_config(spec))
 
 
 class EventPublisher:
@@ -82,7 +87,8 @@ class EventPublisher:
         self._jetstream: JetStreamContext | None = None
 
     async def publish(self, envelope: Envelope) -> None:
-        await self._publish(envelope, event_subject(envelope.type))
+        """Publish an EVENTS message. Raises `SubjectTokenError` for a `request.assigned` whose backend or tenant is invalid."""
+        await self._publish(envelope, envelope_subject(envelope))
 
     async def publish_chunk(self, envelope: Envelope) -> None:
         """Publish a `generation.chunk` or `generation.end` message to the CHUNKS stream."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     request_state_ttl_s: int = Field(default=24 * 3600, gt=0)
     # The same Idempotency-Key returns the same request id for this long.
     idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    # Each tenant's share of an endpoint pool while several tenants have
+    # requests waiting, as JSON: `{"acme": 3}` gives acme 3 admissions for
+    # each one of a tenant of weight 1. A tenant not listed has weight 1, so
+    # by default waiting tenants take turns equally.
+    tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
     log_level: str = "INFO"
 

@@ -1,41 +1,38 @@
-"""Wiring of the inference service: configuration, backends, Redis, broker, consumer."""
+"""Wiring of the inference service: configuration, endpoint pools, Redis, broker, one admission loop per pool."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import redis.asyncio as redis
 from faststream import FastStream
 
-from services.inference.backends import Backend
+from services.inference.admission import AdmissionLoop
+from services.inference.cancellation import CancelListener, RunningRequests
+from services.inference.endpoint_pool import BackendFactory, EndpointPool
 from services.inference.generation import Generator
 from services.inference.handler import AssignedHandler
 from services.inference.openai_compatible import OpenAICompatibleBackend
 from services.inference.tgi import TgiBackend
 from shared.bus import EventPublisher, make_broker
+from shared.cancellation import CancelMarks
 from shared.experiments import BackendConfig, load_serving_config
-from shared.pulling import ConcurrentPuller
+from shared.queue_positions import QueuePositions
 from shared.release_log import ReleaseLog
 from shared.service import build_app
 from shared.settings import Settings
-from shared.subjects import INFERENCE_CONSUMER
 
 SERVICE_NAME = "inference"
 
-# Maximum requests that one instance generates at once. The embedded model
-# server runs on a few CPU cores, where more parallel streams only slow each
-# other down, so scale out with more instances instead.
-MAX_CONCURRENT_REQUESTS = 4
-
-_BACKEND_KINDS: dict[str, Callable[[str, BackendConfig], Backend]] = {
+_BACKEND_KINDS: dict[str, BackendFactory] = {
     "tgi": TgiBackend,
     "openai": OpenAICompatibleBackend,
 }
 
 
-def make_backends(configs: Mapping[str, BackendConfig]) -> dict[str, Backend]:
-    """Build one backend per configured name."""
-    return {name: _BACKEND_KINDS[config.kind](name, config) for name, config in configs.items()}
+def make_pools(configs: Mapping[str, BackendConfig]) -> dict[str, EndpointPool]:
+    """Build one endpoint pool per configured backend name, with a client of the backend's kind per endpoint."""
+    return {name: EndpointPool(name, config, _BACKEND_KINDS[config.kind]) for name, config in configs.items()}
 
 
 def make_app(settings: Settings) -> FastStream:
@@ -45,15 +42,24 @@ def make_app(settings: Settings) -> FastStream:
     publisher = EventPublisher(broker)
     redis_client = redis.from_url(settings.resolved_redis_url)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
-    backends = make_backends(config.backends)
-    handler = AssignedHandler(Generator(backends, publisher), release_log, publisher)
+    pools = make_pools(config.backends)
+    running = RunningRequests()
+    cancel_marks = CancelMarks(redis_client, settings.request_state_ttl_s)
+    handler = AssignedHandler(Generator(pools, publisher), release_log, publisher, running, cancel_marks)
+    cancel_listener = CancelListener(lambda: broker.connection, running)
 
     async def close_clients() -> None:
-        for backend in backends.values():
-            await backend.close()
+        for pool in pools.values():
+            await pool.close()
         await redis_client.aclose()
 
-    # The puller fetches no more than it has room for, so no message waits in
-    # memory while its ack_wait runs out.
-    puller = ConcurrentPuller(INFERENCE_CONSUMER, handler.handle, max_in_flight=MAX_CONCURRENT_REQUESTS)
-    return build_app(SERVICE_NAME, broker, settings, pullers=[puller], on_shutdown=close_clients)
+    # Each loop fetches a message only when one of its pool's slots is free, so
+    # waiting requests stay in JetStream rather than in memory.
+    positions = QueuePositions(redis_client, settings.request_state_ttl_s)
+    admission_loops = [
+        AdmissionLoop(name, backend.max_in_flight, handler.handle, positions, settings.tenant_weights)
+        for name, backend in config.backends.items()
+    ]
+    # The listener starts before the loops and stops after them, so no generation runs without it.
+    pullers = [cancel_listener, *admission_loops]
+    return build_app(SERVICE_NAME, broker, settings, pullers=pullers, on_shutdown=close_clients)

@@ -47,6 +47,15 @@ class AcceptedResponse(BaseModel):
     stream_url: str
 
 
+class CancelResponse(BaseModel):
+    """The body of a 202 to DELETE: the cancel is on its way; the status turns `cancelled` once generation stopped."""
+
+    request_id: str
+    # The status when the cancel was sent.
+    status: str
+    status_url: str
+
+
 class Verdicts(BaseModel):
     input: list[ScannerResult] = Field(default_factory=list)
     output: list[ScannerResult] = Field(default_factory=list)
@@ -90,6 +99,10 @@ class RequestStatusResponse(BaseModel):
     usage: Usage | None = None
     finish_reason: str | None = None
     error: ErrorInfo | None = None
+    # How many of the same tenant's requests wait ahead of this one in its
+    # endpoint pool's queue; 0 once the inference service took it, null
+    # before assignment and after the request ended.
+    queue_position: int | None = None
 
 
 def _optional(fields: dict[str, str], name: RecordField) -> str | None:
@@ -146,7 +159,7 @@ def _error(fields: dict[str, str]) -> ErrorInfo | None:
     return ErrorInfo(code=code, message=fields.get(RecordField.ERROR_MESSAGE.value, "")) if code else None
 
 
-def status_response(request_id: str, fields: dict[str, str]) -> RequestStatusResponse:
+def status_response(request_id: str, fields: dict[str, str], queue_position: int | None = None) -> RequestStatusResponse:
     """Build the API view of a status record as `RequestStateStore.read` returns it."""
     return RequestStatusResponse(
         request_id=request_id,
@@ -163,4 +176,5 @@ def status_response(request_id: str, fields: dict[str, str]) -> RequestStatusRes
         usage=_usage(fields),
         finish_reason=_optional(fields, RecordField.FINISH_REASON),
         error=_error(fields),
+        queue_position=queue_position,
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.events import (
     AssignedPayload,
+    CancelledPayload,
     CompletedPayload,
     DeliveredPayload,
     Envelope,
@@ -24,6 +25,8 @@ from shared.events import (
     Usage,
     Verdict,
 )
+
+from shared.cancellation import CANCELLED
 
 from services.ingress.state_store import RecordField, RequestStatus, StateUpdate
 
@@ -70,6 +73,7 @@ def _assigned(envelope: Envelope) -> StateUpdate:
         RecordField.ASSIGNED_AT: _timestamp(envelope),
         RecordField.EXPERIMENT_KEY: payload.experiment_key or "",
         RecordField.VARIANT_KEY: payload.variant.key,
+        RecordField.BACKEND: payload.variant.backend,
     }
     return StateUpdate(RequestStatus.QUEUED, fields)
 
@@ -119,6 +123,16 @@ def _expired(envelope: Envelope) -> StateUpdate:
     return StateUpdate(RequestStatus.EXPIRED, {RecordField.ENDED_AT: _timestamp(envelope)})
 
 
+def _cancelled(envelope: Envelope) -> StateUpdate:
+    payload: CancelledPayload = envelope.parsed_payload()
+    fields = {
+        RecordField.ENDED_AT: _timestamp(envelope),
+        RecordField.ERROR_CODE: CANCELLED,
+        RecordField.ERROR_MESSAGE: f"cancelled ({payload.reason})",
+    }
+    return StateUpdate(RequestStatus.CANCELLED, fields)
+
+
 _UPDATES: dict[EventType, Callable[[Envelope], StateUpdate]] = {
     EventType.ACCEPTED: _accepted,
     EventType.SCREENED: _screened,
@@ -129,6 +143,7 @@ _UPDATES: dict[EventType, Callable[[Envelope], StateUpdate]] = {
     EventType.DELIVERED: _delivered,
     EventType.FAILED: _failed,
     EventType.EXPIRED: _expired,
+    EventType.CANCELLED: _cancelled,
 }
 
 
@@ -145,7 +160,8 @@ def final_message(envelope: Envelope) -> dict[str, Any] | None:
     """Return the release log's final message for an event that ends a request before moderation, else None.
 
     Moderation writes the final message of every request that reached it, so
-    only a prompt blocked at screening, a failure and an expiry get one here.
+    only a prompt blocked at screening, a failure, a cancellation and an
+    expiry get one here; when both write, the first final message stays.
     """
     if envelope.type is EventType.SCREENED:
         screened: ScreenedPayload = envelope.parsed_payload()
@@ -157,4 +173,7 @@ def final_message(envelope: Envelope) -> dict[str, Any] | None:
         return {"status": "failed", "error_code": failed.error_code, "message": failed.message}
     if envelope.type is EventType.EXPIRED:
         return {"status": "expired"}
+    if envelope.type is EventType.CANCELLED:
+        cancelled: CancelledPayload = envelope.parsed_payload()
+        return {"status": CANCELLED, "reason": cancelled.reason}
     return None

@@ -28,6 +28,7 @@ from shared.consuming import (
 )
 from shared.events import Envelope
 from shared.pulling import BatchPuller
+from shared.queue_positions import QueuePositions
 from shared.release_log import ReleaseLog
 from shared.subjects import REQUEST_STATE_CONSUMER
 
@@ -55,12 +56,15 @@ class _Projection:
 
 
 class RequestStateProjector:
-    """Applies events to status records and closes the release log of requests that end before moderation."""
+    """Applies events to status records and queue positions, and closes the release log of requests that end before moderation."""
 
-    def __init__(self, client: redis.Redis, store: RequestStateStore, release_log: ReleaseLog) -> None:
+    def __init__(
+        self, client: redis.Redis, store: RequestStateStore, release_log: ReleaseLog, positions: QueuePositions
+    ) -> None:
         self._redis = client
         self._store = store
         self._release_log = release_log
+        self._positions = positions
 
     async def handle_batch(self, batch: list[Msg]) -> None:
         """Project a batch in stream order in one Redis pipeline, then ack, nack or terminate each message.
@@ -103,6 +107,7 @@ class RequestStateProjector:
             for projection in projections:
                 envelope = projection.envelope
                 await self._store.queue_apply(pipe, envelope.tenant, envelope.request_id, projection.update)
+                self._positions.queue_event(pipe, envelope, projection.msg.metadata.sequence.stream)
                 if projection.final is not None:
                     # A no-op when moderation closed the log first.
                     await self._release_log.queue_append_final(

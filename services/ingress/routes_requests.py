@@ -1,4 +1,4 @@
-"""`POST /v1/requests` and `GET /v1/requests/{request_id}`."""
+"""`POST /v1/requests`, `GET /v1/requests/{request_id}` and `DELETE /v1/requests/{request_id}`."""
 
 # No `from __future__ import annotations`: FastAPI must evaluate the route
 # signatures, which refer to dependencies local to the router factory.
@@ -10,10 +10,21 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
+from shared.cancellation import REASON_CLIENT_REQUEST
+from shared.queue_positions import QueuePositions
+
 from services.ingress.acceptance import RequestAcceptor, check_idempotency_key, trace_context
-from services.ingress.errors import RequestNotFoundError
-from services.ingress.models import AcceptedResponse, CreateRequestBody, RequestStatusResponse, status_response
-from services.ingress.state_store import RequestStateStore
+from services.ingress.cancellation import RequestCanceller
+from services.ingress.queue_position import read_queue_position
+from services.ingress.errors import RequestAlreadyEndedError, RequestNotFoundError
+from services.ingress.models import (
+    AcceptedResponse,
+    CancelResponse,
+    CreateRequestBody,
+    RequestStatusResponse,
+    status_response,
+)
+from services.ingress.state_store import TERMINAL_STATUSES, RequestStateStore
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +44,11 @@ def accepted_response(request: Request, request_id: str) -> AcceptedResponse:
 
 
 def requests_router(
-    tenant_dependency: Callable[..., Awaitable[str]], acceptor: RequestAcceptor, state_store: RequestStateStore
+    tenant_dependency: Callable[..., Awaitable[str]],
+    acceptor: RequestAcceptor,
+    state_store: RequestStateStore,
+    canceller: RequestCanceller,
+    queue_positions: QueuePositions,
 ) -> APIRouter:
     """Build the router; `tenant_dependency` is the FastAPI dependency that returns the caller's tenant."""
     router = APIRouter(prefix="/v1/requests", tags=["requests"])
@@ -64,6 +79,23 @@ def requests_router(
         fields = await state_store.read(tenant, request_id)
         if fields is None:
             raise RequestNotFoundError(request_id)
-        return status_response(request_id, fields)
+        queue_position = await read_queue_position(queue_positions, tenant, request_id, fields)
+        return status_response(request_id, fields, queue_position)
+
+    @router.delete("/{request_id}", status_code=202, response_model=CancelResponse)
+    async def cancel_request(request_id: str, request: Request, tenant: Tenant) -> JSONResponse:
+        """Stop the request: generation ends within one token and the status turns `cancelled`.
+
+        404 for an unknown id or another tenant's request, 409 when the request has already ended.
+        """
+        status = await state_store.status(tenant, request_id)
+        if status is None:
+            raise RequestNotFoundError(request_id)
+        if status in TERMINAL_STATUSES:
+            raise RequestAlreadyEndedError(request_id, status.value)
+        await canceller.cancel_unchecked(tenant, request_id, REASON_CLIENT_REQUEST, status)
+        status_url = str(request.url_for(READ_ROUTE_NAME, request_id=request_id))
+        body = CancelResponse(request_id=request_id, status=status.value, status_url=status_url)
+        return JSONResponse(body.model_dump(), status_code=202)
 
     return router

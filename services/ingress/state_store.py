@@ -28,10 +28,17 @@ class RequestStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
 
 TERMINAL_STATUSES = frozenset(
-    {RequestStatus.BLOCKED, RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.EXPIRED}
+    {
+        RequestStatus.BLOCKED,
+        RequestStatus.COMPLETED,
+        RequestStatus.FAILED,
+        RequestStatus.EXPIRED,
+        RequestStatus.CANCELLED,
+    }
 )
 
 # Terminal statuses share the top rank, so the first one recorded stays.
@@ -44,6 +51,7 @@ STATUS_RANKS: dict[RequestStatus, int] = {
     RequestStatus.COMPLETED: _TERMINAL_RANK,
     RequestStatus.FAILED: _TERMINAL_RANK,
     RequestStatus.EXPIRED: _TERMINAL_RANK,
+    RequestStatus.CANCELLED: _TERMINAL_RANK,
 }
 
 
@@ -67,6 +75,8 @@ class RecordField(str, enum.Enum):
     REASON = "reason"
     EXPERIMENT_KEY = "experiment_key"
     VARIANT_KEY = "variant_key"
+    # The endpoint pool that serves the request, from `request.assigned`.
+    BACKEND = "backend"
     TEXT = "text"
     FINISH_REASON = "finish_reason"
     PROMPT_TOKENS = "prompt_tokens"

@@ -38,7 +38,6 @@ from shared.embedded.infrastructure import (
 from shared.settings import REPO_ROOT, Settings
 from shared.subjects import (
     ASSIGNMENT_CONSUMER,
-    INFERENCE_CONSUMER,
     MODERATION_CONSUMER,
     REQUEST_STATE_CONSUMER,
     SAFETY_CONSUMER,
@@ -73,7 +72,10 @@ BUS_SERVICES = (
     ServiceSpec("telemetry", TELEMETRY_CONSUMER),
     ServiceSpec("safety", SAFETY_CONSUMER),
     ServiceSpec("assignment", ASSIGNMENT_CONSUMER),
-    ServiceSpec("inference", INFERENCE_CONSUMER),
+    # Inference binds a tenant's pool queue consumer only when that tenant's
+    # work arrives, so an idle inference service has no pull request to wait
+    # for. Requests assigned before it runs wait in JetStream.
+    ServiceSpec("inference", None),
     ServiceSpec("moderation", MODERATION_CONSUMER),
     ServiceSpec("ingress", REQUEST_STATE_CONSUMER),
 )

@@ -18,7 +18,8 @@ from shared.events import (
     ScreenedPayload,
     Verdict,
 )
-from shared.subjects import ASSIGNMENT_CONSUMER, EVENTS_STREAM, event_subject
+from services.assignment.handler import INVALID_SUBJECT_TOKEN
+from shared.subjects import ASSIGNMENT_CONSUMER, EVENTS_STREAM, assigned_subject, event_filter, event_subject
 from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
 
@@ -33,6 +34,7 @@ def _screened(
     verdict: Verdict = Verdict.PASSED,
     params: GenerationParams | None = None,
     deadline_in_s: float = 60.0,
+    tenant: str = "acme",
 ) -> Envelope:
     request = RequestSpec(
         messages=[ChatMessage(role="user", content="Good morrow.")],
@@ -40,11 +42,11 @@ def _screened(
         user_id=user_id,
     )
     payload = ScreenedPayload(request=request, verdict=verdict, scanners=[])
-    return new_request_envelope(EventType.SCREENED, payload, tenant="acme", deadline_in_s=deadline_in_s)
+    return new_request_envelope(EventType.SCREENED, payload, tenant=tenant, deadline_in_s=deadline_in_s)
 
 
 async def _request_ids(jetstream: JetStreamContext, event_type: EventType) -> set[str]:
-    return {envelope.request_id for envelope in await published_events(jetstream, event_subject(event_type))}
+    return {envelope.request_id for envelope in await published_events(jetstream, event_filter(event_type))}
 
 
 async def test_screened_request_gets_assigned(jetstream: JetStreamContext) -> None:
@@ -63,6 +65,30 @@ async def test_screened_request_gets_assigned(jetstream: JetStreamContext) -> No
     assert payload.request == screened.parsed_payload().request
     assert assigned.tenant == "acme"
     assert assigned.deadline == screened.deadline
+
+
+async def test_assigned_published_on_pool_queue(jetstream: JetStreamContext) -> None:
+    screened = _screened()
+
+    await publish_envelope(jetstream, screened)
+    await wait_for_event(jetstream, EventType.ASSIGNED, screened.request_id, WAIT_S)
+
+    on_queue_subject = await published_events(jetstream, assigned_subject("embedded", "acme"))
+    assert screened.request_id in {envelope.request_id for envelope in on_queue_subject}
+    assert screened.request_id not in await _request_ids(jetstream, EventType.FAILED)
+
+
+async def test_invalid_tenant_name_fails(jetstream: JetStreamContext) -> None:
+    screened = _screened(tenant="acme.west")
+
+    await publish_envelope(jetstream, screened)
+    failed = await wait_for_event(jetstream, EventType.FAILED, screened.request_id, WAIT_S)
+
+    payload = failed.parsed_payload()
+    assert payload.stage == "assignment"
+    assert payload.error_code == INVALID_SUBJECT_TOKEN
+    assert "'acme.west'" in payload.message
+    assert screened.request_id not in await _request_ids(jetstream, EventType.ASSIGNED)
 
 
 async def test_same_user_same_variant(jetstream: JetStreamContext) -> None:

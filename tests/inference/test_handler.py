@@ -11,9 +11,9 @@ import redis.asyncio as redis
 from nats.js import JetStreamContext
 
 from services.inference import handler as handler_module
-from services.inference.app import MAX_CONCURRENT_REQUESTS
 from services.inference.generation import FIRST_RETRY_DELAY_S, RETRY_DELAY_FACTOR
-from shared.bus import consumer_config, ensure_jetstream
+from shared import subjects
+from shared.bus import ensure_consumer
 from shared.events import (
     AssignedPayload,
     ChatMessage,
@@ -25,8 +25,9 @@ from shared.events import (
     decode_envelope,
 )
 from shared.release_log import ReleaseLog
-from shared.subjects import CHUNKS_STREAM, EVENTS_STREAM, INFERENCE_CONSUMER, MODERATION_CONSUMER, event_subject
-from tests.inference.harness import running_inference, write_backends
+from shared.experiments import DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT
+from shared.subjects import EVENTS_STREAM, ConsumerSpec, assigned_subject
+from tests.inference.harness import read_chunk_messages, running_inference, write_backends
 from tests.inference.scripted_tgi import GOOD_EVENTS, ScriptedServer, chunk, error, stream
 from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
@@ -49,37 +50,21 @@ async def _events_of(jetstream: JetStreamContext, request_id: str) -> list[Envel
     return [envelope for envelope in await published_events(jetstream) if envelope.request_id == request_id]
 
 
-async def _chunk_messages(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
-    """Read the request's CHUNKS messages through the moderation consumer, up to and including generation.end."""
-    subscription = await jetstream.pull_subscribe_bind(MODERATION_CONSUMER.durable, stream=CHUNKS_STREAM)
-    found: list[Envelope] = []
-    deadline = time.monotonic() + WAIT_S
-    try:
-        while not found or found[-1].type is not EventType.END:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no generation.end for request {request_id} within {WAIT_S} s")
-            try:
-                batch = await subscription.fetch(64, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
-            for msg in batch:
-                await msg.ack()
-                envelope = decode_envelope(msg.data)
-                if envelope.request_id == request_id:
-                    found.append(envelope)
-    finally:
-        await subscription.unsubscribe()
-    return found
+def _queue_consumer(backend: str) -> ConsumerSpec:
+    """Return the pool queue consumer of TENANT for a backend of the test backends file (one endpoint each)."""
+    return subjects.pool_queue_consumer(backend, TENANT, DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT)
 
 
-async def _deliver_once_without_ack(jetstream: JetStreamContext, request_id: str) -> None:
-    """Take the request's message from the inference consumer and nak it, so its next delivery is attempt 2."""
-    subscription = await jetstream.pull_subscribe_bind(INFERENCE_CONSUMER.durable, stream=EVENTS_STREAM)
+async def _deliver_once_without_ack(jetstream: JetStreamContext, assigned: Envelope) -> None:
+    """Take the request's message from its pool queue consumer and nak it, so its next delivery is attempt 2."""
+    spec = _queue_consumer(assigned.parsed_payload().variant.backend)
+    await ensure_consumer(jetstream, spec)
+    subscription = await jetstream.pull_subscribe_bind(spec.durable, stream=EVENTS_STREAM)
     try:
         while True:
             for msg in await subscription.fetch(16, timeout=5.0):
                 await msg.nak()
-                if decode_envelope(msg.data).request_id == request_id:
+                if decode_envelope(msg.data).request_id == assigned.request_id:
                     return
     finally:
         await subscription.unsubscribe()
@@ -105,7 +90,7 @@ async def test_chunks_concatenate_to_completed(
         await publish_envelope(jetstream, assigned)
         completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
         first_token = await wait_for_event(jetstream, EventType.FIRST_TOKEN, assigned.request_id, WAIT_S)
-    chunks = await _chunk_messages(jetstream, assigned.request_id)
+    chunks = await read_chunk_messages(jetstream, assigned.request_id, WAIT_S)
 
     completed_payload = completed.parsed_payload()
     chunk_payloads = [chunk.parsed_payload() for chunk in chunks[:-1]]
@@ -133,10 +118,10 @@ async def test_redelivery_after_release_interrupted(
     await client.aclose()
 
     await publish_envelope(jetstream, assigned)
-    await _deliver_once_without_ack(jetstream, assigned.request_id)
+    await _deliver_once_without_ack(jetstream, assigned)
     async with running_inference(bus_url, redis_url, offline_backends_file):
         failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
-    chunks = await _chunk_messages(jetstream, assigned.request_id)
+    chunks = await read_chunk_messages(jetstream, assigned.request_id, WAIT_S)
 
     payload = failed.parsed_payload()
     assert payload.stage == "inference"
@@ -153,10 +138,10 @@ async def test_redelivery_without_release_regenerates(
     assigned = _assigned()
 
     await publish_envelope(jetstream, assigned)
-    await _deliver_once_without_ack(jetstream, assigned.request_id)
+    await _deliver_once_without_ack(jetstream, assigned)
     async with running_inference(bus_url, redis_url, backends_file):
         completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
-    chunks = await _chunk_messages(jetstream, assigned.request_id)
+    chunks = await read_chunk_messages(jetstream, assigned.request_id, WAIT_S)
 
     assert completed.parsed_payload().attempt == 2
     assert {chunk.parsed_payload().attempt for chunk in chunks} == {2}
@@ -172,7 +157,7 @@ async def test_unreachable_backend_fails_after_retries(
         await publish_envelope(jetstream, assigned)
         failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
         elapsed_s = time.monotonic() - started
-    chunks = await _chunk_messages(jetstream, assigned.request_id)
+    chunks = await read_chunk_messages(jetstream, assigned.request_id, WAIT_S)
 
     payload = failed.parsed_payload()
     assert payload.stage == "inference"
@@ -227,7 +212,7 @@ async def test_break_after_chunks_fails_broken(
         await publish_envelope(jetstream, assigned)
         failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
         await wait_for_event(jetstream, EventType.FIRST_TOKEN, assigned.request_id, WAIT_S)
-    chunks = await _chunk_messages(jetstream, assigned.request_id)
+    chunks = await read_chunk_messages(jetstream, assigned.request_id, WAIT_S)
 
     assert failed.parsed_payload().error_code == "stream_broken"
     assert len(scripted.bodies) == 1
@@ -237,17 +222,25 @@ async def test_break_after_chunks_fails_broken(
     assert EventType.COMPLETED not in {event.type for event in await _events_of(jetstream, assigned.request_id)}
 
 
-async def test_unknown_backend_fails(
-    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
+async def test_unknown_backend_waits_for_its_pool(
+    jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path, scripted: ScriptedServer
 ) -> None:
+    # Another deployment may serve a pool this one lacks, so the request waits in its queue instead of failing.
     assigned = _assigned(backend="gpu-pool")
+    with_pool = offline_backends_file.parent / "with-gpu-pool.yaml"
+    with_pool.write_text(
+        offline_backends_file.read_text() + f"  gpu-pool: {{kind: tgi, url: '{scripted.url}'}}\n", encoding="utf-8"
+    )
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
         await publish_envelope(jetstream, assigned)
-        failed = await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, WAIT_S)
+        with pytest.raises(nats.errors.TimeoutError):
+            await wait_for_event(jetstream, EventType.FAILED, assigned.request_id, 2.0)
+    async with running_inference(bus_url, redis_url, with_pool):
+        completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
 
-    assert failed.parsed_payload().error_code == "backend_not_configured"
-    assert "gpu-pool" in failed.parsed_payload().message
+    assert completed.parsed_payload().backend == "gpu-pool"
+    assert len(scripted.bodies) == 1
 
 
 async def test_expired_request_published_expired(
@@ -266,9 +259,11 @@ async def test_expired_request_published_expired(
 async def test_malformed_message_terminated(
     jetstream: JetStreamContext, bus_url: str, redis_url: str, offline_backends_file: Path
 ) -> None:
+    spec = _queue_consumer("scripted")
+    await ensure_consumer(jetstream, spec)
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        ack = await jetstream.publish(event_subject(EventType.ASSIGNED), b'{"event_id": "x"}')
-        info = await wait_until_settled(jetstream, INFERENCE_CONSUMER, ack.seq, WAIT_S)
+        ack = await jetstream.publish(assigned_subject("scripted", TENANT), b'{"event_id": "x"}')
+        info = await wait_until_settled(jetstream, spec, ack.seq, WAIT_S)
 
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
@@ -284,28 +279,24 @@ async def test_long_generation_keeps_message(
 ) -> None:
     # Generation takes 3 s against an ack_wait of 1 s: only the in-progress reports keep the message.
     monkeypatch.setattr(handler_module, "IN_PROGRESS_INTERVAL_S", 0.3)
+    usual_spec = _queue_consumer("scripted")
+    monkeypatch.setattr(subjects, "POOL_QUEUE_ACK_WAIT_S", 1.0)
     scripted.reset(stream([chunk(f"word{index} ") for index in range(5)] + [chunk("end", "length")], delay_s=0.5))
     assigned = _assigned(backend="scripted")
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
-        await _set_inference_ack_wait(jetstream, 1.0)
         try:
             await publish_envelope(jetstream, assigned)
             completed = await wait_for_event(jetstream, EventType.COMPLETED, assigned.request_id, WAIT_S)
+            info = await jetstream.consumer_info(EVENTS_STREAM, usual_spec.durable)
         finally:
-            await ensure_jetstream(jetstream)
-    info = await jetstream.consumer_info(EVENTS_STREAM, INFERENCE_CONSUMER.durable)
+            await ensure_consumer(jetstream, usual_spec)
 
+    assert info.config.ack_wait == 1.0
     assert completed.parsed_payload().attempt == 1
     assert completed.parsed_payload().text == "word0 word1 word2 word3 word4 end"
     assert info.num_redelivered == 0
     assert len(scripted.bodies) == 1
-
-
-async def _set_inference_ack_wait(jetstream: JetStreamContext, ack_wait_s: float) -> None:
-    config = consumer_config(INFERENCE_CONSUMER)
-    config.ack_wait = ack_wait_s
-    await jetstream.add_consumer(EVENTS_STREAM, config)
 
 
 async def test_requests_generate_concurrently(
@@ -313,7 +304,7 @@ async def test_requests_generate_concurrently(
 ) -> None:
     # Each stream takes 1 s, so four one after another would take at least 4 s.
     scripted.reset(stream([chunk("Good "), chunk("morrow", "length")], delay_s=0.5))
-    requests = [_assigned(backend="scripted") for _ in range(MAX_CONCURRENT_REQUESTS)]
+    requests = [_assigned(backend="scripted") for _ in range(DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT)]
 
     async with running_inference(bus_url, redis_url, offline_backends_file):
         started = time.monotonic()

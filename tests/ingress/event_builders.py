@@ -57,19 +57,19 @@ def screened(start: Envelope, verdict: Verdict = Verdict.PASSED) -> Envelope:
     return start.follow_up(EventType.SCREENED, payload)
 
 
-def assigned(start: Envelope) -> Envelope:
+def assigned(start: Envelope, backend: str = "local") -> Envelope:
     payload = AssignedPayload(
         request=SPEC,
         experiment_key="temperature-test",
-        variant=VariantSpec(key="warm", backend="local"),
+        variant=VariantSpec(key="warm", backend=backend),
         hash_value=0.42,
         hash_attribute="request_id",
     )
     return start.follow_up(EventType.ASSIGNED, payload)
 
 
-def first_token(start: Envelope) -> Envelope:
-    payload = FirstTokenPayload(variant_key="warm", backend="local", attempt=1, backend_ttft_ms=8.0)
+def first_token(start: Envelope, backend: str = "local") -> Envelope:
+    payload = FirstTokenPayload(variant_key="warm", backend=backend, attempt=1, backend_ttft_ms=8.0)
     return start.follow_up(EventType.FIRST_TOKEN, payload, attempt=1)
 
 

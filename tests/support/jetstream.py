@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from shared.embedded.infrastructure import free_port, start_nats
 from shared.events import Envelope, EventType, UnsupportedSchemaVersion, decode_envelope
-from shared.subjects import EVENTS_SUBJECT_PREFIX, ConsumerSpec, event_subject
+from shared.subjects import EVENTS_SUBJECT_PREFIX, ConsumerSpec, envelope_subject, event_filter
 
 HOST = "127.0.0.1"
 # A subscription that receives nothing for this long has read every message already published.
@@ -57,10 +57,10 @@ async def jetstream_client(url: str) -> AsyncIterator[JetStreamContext]:
 async def publish_envelope(jetstream: JetStreamContext, envelope: Envelope, subject: str | None = None) -> None:
     """Publish `envelope` as a service would, with its event id as `Nats-Msg-Id`.
 
-    It goes to its event subject unless `subject` is given.
+    It goes to the subject a service would use (`shared.subjects.envelope_subject`) unless `subject` is given.
     """
     await jetstream.publish(
-        subject or event_subject(envelope.type),
+        subject or envelope_subject(envelope),
         envelope.model_dump_json().encode(),
         headers={"Nats-Msg-Id": envelope.event_id},
     )
@@ -70,7 +70,7 @@ async def wait_for_event(
     jetstream: JetStreamContext, event_type: EventType, request_id: str, wait_s: float
 ) -> Envelope:
     """Return the first `event_type` event of the request. Raises `nats.errors.TimeoutError` after `wait_s` seconds."""
-    subscription = await jetstream.subscribe(event_subject(event_type), ordered_consumer=True)
+    subscription = await jetstream.subscribe(event_filter(event_type), ordered_consumer=True)
     deadline = time.monotonic() + wait_s
     try:
         while True:
