@@ -35,6 +35,7 @@ class EventType(str, enum.Enum):
     DELIVERED = "output.delivered"
     FAILED = "request.failed"
     EXPIRED = "request.expired"
+    CANCELLED = "request.cancelled"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
     END = "generation.end"
@@ -69,6 +70,9 @@ class RequestSpec(_Model):
     params: GenerationParams = Field(default_factory=GenerationParams)
     user_id: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # The OpenAI API's `model` name: an experiment key, a variant key or "auto"
+    # (see `shared.experiments.find_model`). None routes as usual.
+    model: str | None = None
 
 
 class ScannerResult(_Model):
@@ -133,6 +137,40 @@ class FirstTokenPayload(_Model):
     backend_ttft_ms: float
 
 
+class LatencyPercentiles(_Model):
+    """Percentiles of a set of durations, in milliseconds."""
+
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class GenerationStats(_Model):
+    """What one generation attempt used and how fast it ran, recorded however it ended.
+
+    Completed, failed and cancelled attempts all carry it, so partial streams
+    are accounted for too.
+    """
+
+    backend: str
+    # The endpoint URL that served the attempt; None when no endpoint was reached.
+    endpoint: str | None = None
+    # None when the backend never reported it, as for a stream cut before its end.
+    prompt_tokens: int | None = None
+    # The backend's count when the stream ended normally, else the number of
+    # streamed pieces (one token each from TGI, vLLM and the embedded server).
+    completion_tokens: int = 0
+    # From `request.assigned` to the start of generation: the wait in the endpoint pool's queue.
+    queue_ms: float
+    # From the start of generation to the first piece of text; None when none arrived.
+    ttft_ms: float | None = None
+    # Gaps between consecutive pieces of text; None with fewer than two pieces.
+    inter_token: LatencyPercentiles | None = None
+    # The backend's own reason, or "error" or "cancelled".
+    finish_reason: str
+
+
 class CompletedPayload(_Model):
     variant_key: str
     backend: str
@@ -141,6 +179,8 @@ class CompletedPayload(_Model):
     finish_reason: str
     usage: Usage
     generation_ms: float
+    # None only in events written before accounting existed.
+    stats: GenerationStats | None = None
 
 
 class ModeratedPayload(_Model):
@@ -163,6 +203,17 @@ class FailedPayload(_Model):
     stage: str
     error_code: str
     message: str
+    # Set by the inference stage, for an attempt that reached generation.
+    stats: GenerationStats | None = None
+
+
+class CancelledPayload(_Model):
+    """A request stopped on its client's behalf (DELETE, or a streaming client that disconnected)."""
+
+    stage: str
+    # shared/cancellation.py names the reasons, e.g. "client_request".
+    reason: str
+    stats: GenerationStats | None = None
 
 
 class ExpiredPayload(_Model):
@@ -197,11 +248,12 @@ PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.DELIVERED: DeliveredPayload,
     EventType.FAILED: FailedPayload,
     EventType.EXPIRED: ExpiredPayload,
+    EventType.CANCELLED: CancelledPayload,
     EventType.CHUNK: ChunkPayload,
     EventType.END: EndPayload,
 }
 
-TERMINAL_EVENT_TYPES = frozenset({EventType.DELIVERED, EventType.FAILED, EventType.EXPIRED})
+TERMINAL_EVENT_TYPES = frozenset({EventType.DELIVERED, EventType.FAILED, EventType.EXPIRED, EventType.CANCELLED})
 
 
 def utc_now() -> datetime:

@@ -1,4 +1,8 @@
-"""The consumer of `request.assigned`: expiry, the redelivery rule, then one generation attempt.
+"""The consumer of `request.assigned`: expiry, cancellation, the redelivery rule, then one generation attempt.
+
+A request whose cancel mark is set ends as cancelled without reaching a
+model; one cancelled while it generates stops at once (see
+`services/inference/cancellation.py`).
 
 The attempt number is JetStream's delivery count. A redelivered message
 (attempt > 1) is generated again only when nothing of the earlier attempt
@@ -17,8 +21,10 @@ import structlog
 from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
+from services.inference.cancellation import RunningRequests
 from services.inference.generation import STAGE, Generator
 from shared.bus import EventPublisher
+from shared.cancellation import CancelMarks
 from shared.consuming import BUS_ERRORS, EnvelopeHandler, publish_if_expired
 from shared.events import AssignedPayload, Envelope, EventType
 from shared.release_log import ReleaseLog
@@ -70,10 +76,19 @@ class AssignedHandler(EnvelopeHandler):
     retry_errors: ClassVar[tuple[type[Exception], ...]] = (*BUS_ERRORS, RedisError)
     retry_event: ClassVar[str] = "attempt_aborted"
 
-    def __init__(self, generator: Generator, release_log: ReleaseLog, publisher: EventPublisher) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        release_log: ReleaseLog,
+        publisher: EventPublisher,
+        running: RunningRequests,
+        cancel_marks: CancelMarks,
+    ) -> None:
         self._generator = generator
         self._release_log = release_log
         self._publisher = publisher
+        self._running = running
+        self._cancel_marks = cancel_marks
 
     def log_context(self, msg: Msg) -> dict[str, Any]:
         return {"attempt": _attempt(msg)}
@@ -85,8 +100,14 @@ class AssignedHandler(EnvelopeHandler):
     async def _generate_once(self, envelope: Envelope, payload: AssignedPayload, attempt: int) -> None:
         if await publish_if_expired(self._publisher, envelope, STAGE):
             return
-        if attempt > 1 and await self._release_log.count_chunks(envelope.tenant, envelope.request_id) > 0:
-            message = "an earlier attempt was interrupted after part of its output reached the client"
-            await self._generator.fail(envelope, attempt, INTERRUPTED, message)
-            return
-        await self._generator.run(envelope, payload, attempt)
+        # Registered before the mark is read, so a cancel that lands between the two still fires the signal.
+        with self._running.register(envelope.tenant, envelope.request_id) as cancel:
+            reason = await self._cancel_marks.reason(envelope.tenant, envelope.request_id)
+            if reason is not None:
+                await self._generator.cancelled(envelope, attempt, reason, self._generator.progress(envelope, payload))
+                return
+            if attempt > 1 and await self._release_log.count_chunks(envelope.tenant, envelope.request_id) > 0:
+                message = "an earlier attempt was interrupted after part of its output reached the client"
+                await self._generator.fail(envelope, attempt, INTERRUPTED, message, self._generator.progress(envelope, payload))
+                return
+            await self._generator.run(envelope, payload, attempt, cancel)

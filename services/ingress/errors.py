@@ -80,6 +80,34 @@ class IdempotencyKeyInUseError(ApiError):
     status_code = 409
 
 
+class RequestAlreadyEndedError(ApiError):
+    """The request reached a terminal status, so it can no longer be cancelled."""
+
+    status_code = 409
+
+    def __init__(self, request_id: str, status: str) -> None:
+        super().__init__(
+            "request_already_ended",
+            f"request {request_id} already ended with status {status!r}; only a request that is still "
+            "screening, queued or generating can be cancelled",
+        )
+
+
+class QuotaExceededError(ApiError):
+    """The API key's requests or tokens per minute are used up; nothing was stored or published.
+
+    `retry_after_s` becomes the `Retry-After` header. It is None when the
+    request alone exceeds the key's per-minute limit, so waiting cannot help.
+    """
+
+    status_code = 429
+
+    def __init__(self, code: str, message: str, *, retry_after_s: int | None) -> None:
+        headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+        super().__init__(code, message, headers=headers)
+        self.retry_after_s = retry_after_s
+
+
 class ServiceUnavailableError(ApiError):
     """A dependency (NATS, Redis or the telemetry store) did not respond, so retrying later may succeed."""
 

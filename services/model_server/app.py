@@ -15,6 +15,7 @@ from services.model_server.adapters import load_adapters
 from services.model_server.chat_routes import chat_router
 from services.model_server.engine import GenerationEngine, ServingLimits
 from services.model_server.errors import ModelServerError, RequestValidationFailed
+from services.model_server.metrics import metrics_router
 from services.model_server.tgi_routes import tgi_router
 from shared.modeling import load_causal_lm
 
@@ -57,6 +58,7 @@ def create_app(engine: GenerationEngine) -> FastAPI:
     app.include_router(tgi_router(engine, _info(engine, server_version)))
     accepted = BASE_MODEL_ALIASES | {engine.model_id}
     app.include_router(chat_router(engine, accepted, fingerprint=f"{server_version}-{SERVER_NAME}"))
+    app.include_router(metrics_router(engine))
     app.add_exception_handler(ModelServerError, _server_error_response)
     app.add_exception_handler(RequestValidationError, _body_error_response)
     return app

@@ -59,6 +59,29 @@ class GeneratedToken(TokenInfo):
     top_tokens: list[TokenInfo] = field(default_factory=list)
 
 
+@dataclass
+class GenerationCounters:
+    """Totals since the server started, exported at `/metrics`.
+
+    A generation is `stopped` when its consumer closed it before it finished,
+    which is what a client that disconnects or cancels causes.
+    """
+
+    started: int = 0
+    finished: int = 0
+    stopped: int = 0
+    failed: int = 0
+    generated_tokens: int = 0
+
+    def record_end(self, *, finished: bool, failed: bool) -> None:
+        if failed:
+            self.failed += 1
+        elif finished:
+            self.finished += 1
+        else:
+            self.stopped += 1
+
+
 class GenerationEngine:
     """Run generations of one causal LM on the CPU, at most `limits.max_concurrent_generations` at a time.
 
@@ -87,6 +110,7 @@ class GenerationEngine:
         # modules, so with adapters two forward passes must not overlap.
         self.forward_lock = threading.Lock() if adapters else None
         self._slots = asyncio.Semaphore(limits.max_concurrent_generations)
+        self.counters = GenerationCounters()
         self.eos_ids = _eos_ids(model, tokenizer)
         self.special_ids = frozenset(tokenizer.all_special_ids)
 
@@ -159,11 +183,18 @@ class Generation:
     async def __aiter__(self) -> AsyncIterator[GeneratedToken]:
         await self._engine._acquire()
         started = time.perf_counter()
+        counters = self._engine.counters
+        counters.started += 1
+        failed = False
         try:
             async for token in self._run():
                 yield token
+        except GenerationFailed:
+            failed = True
+            raise
         finally:
             self._engine._release()
+            counters.record_end(finished=self.finished, failed=failed)
             self._log_end(started)
 
     async def _run(self) -> AsyncIterator[GeneratedToken]:
@@ -199,6 +230,7 @@ class Generation:
 
     def _accept(self, step: StepResult, text: IncrementalDecoder, *, last: bool) -> GeneratedToken:
         self.generated_tokens += 1
+        self._engine.counters.generated_tokens += 1
         is_eos = step.token_id in self._engine.eos_ids
         searched_from = len(text.text)
         piece = text.push(step.token_id, final=last or is_eos)
