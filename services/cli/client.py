@@ -77,6 +77,14 @@ class SluiceClient:
     async def status(self, request_id: str) -> dict[str, Any]:
         return await self._get_json(f"/v1/requests/{request_id}")
 
+    async def cancel(self, request_id: str) -> dict[str, Any]:
+        """DELETE the request; raises `ApiError` unless the API returns 202 (404 unknown, 409 already ended)."""
+        async with self._translate_errors():
+            response = await self._http.delete(f"/v1/requests/{request_id}")
+        if response.status_code != 202:
+            raise ApiError(response.status_code, _error_message(response))
+        return response.json()
+
     async def summary(self, since: str | None = None, until: str | None = None) -> dict[str, Any]:
         params = {key: value for key, value in {"since": since, "until": until}.items() if value}
         return await self._get_json("/v1/reports/summary", params=params)

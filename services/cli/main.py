@@ -14,13 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli.client import ClientError, SluiceClient
+from services.cli.config import config_app
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
+from services.cli.keys import keys_app
 from services.cli.tables import summary_table
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.settings import get_settings
 from shared.summary import TrafficSummary
 
 app = typer.Typer(help="Sluice: an LLM serving pipeline. `sluice up` starts it; the other commands use it.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
 console = Console()
 errors = Console(stderr=True)
 
@@ -244,5 +248,23 @@ def status(
                 raise _fail(str(error)) from error
 
     console.print_json(data=asyncio.run(fetch()))
+
+
+@app.command()
+def cancel(
+    request_id: Annotated[str, typer.Argument(help="The request id that submission returned.")],
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a request that has not ended: generation stops within one token and its status turns `cancelled`."""
+
+    async def send() -> dict:
+        async with _client(url, api_key) as client:
+            try:
+                return await client.cancel(request_id)
+            except ClientError as error:
+                raise _fail(str(error)) from error
+
+    console.print_json(data=asyncio.run(send()))
 
 

@@ -27,8 +27,10 @@ from services.ingress.errors import (
     PromptTooLargeError,
     ServiceUnavailableError,
 )
+from services.ingress.auth import current_api_key
 from services.ingress.idempotency import IdempotencyRecord, IdempotencyStore
 from services.ingress.projection import state_update
+from services.ingress.quotas import QuotaLimiter, estimated_tokens
 from services.ingress.state_store import RequestStateStore
 
 log = structlog.get_logger(__name__)
@@ -90,7 +92,9 @@ class RequestAcceptor:
         publisher: EventPublisher,
         max_prompt_chars: int,
         request_timeout_s: float,
+        quotas: QuotaLimiter | None = None,
     ) -> None:
+        self._quotas = quotas
         self._state_store = state_store
         self._idempotency = idempotency
         self._publisher = publisher
@@ -102,11 +106,13 @@ class RequestAcceptor:
     ) -> Acceptance:
         """Publish `request.accepted` for `spec` and return its request id.
 
-        Raises `PromptTooLargeError` (413), `IdempotencyKeyReusedError` (422),
-        `IdempotencyKeyInUseError` (409), `ServiceUnavailableError` (503) when
-        NATS does not acknowledge, and `redis.exceptions.RedisError`.
+        Raises `PromptTooLargeError` (413), `QuotaExceededError` (429),
+        `IdempotencyKeyReusedError` (422), `IdempotencyKeyInUseError` (409),
+        `ServiceUnavailableError` (503) when NATS does not acknowledge, and
+        `redis.exceptions.RedisError`.
         """
         size = self._check_size(spec)
+        await self._charge_quota(spec, size)
         record = IdempotencyRecord(uuid.uuid4().hex, body_digest(spec))
         if idempotency_key is not None:
             earlier = await self._reserve(tenant, idempotency_key, record)
@@ -131,6 +137,16 @@ class RequestAcceptor:
                 "(SLUICE_MAX_PROMPT_CHARS): shorten the messages",
             )
         return size
+
+    async def _charge_quota(self, spec: RequestSpec, size: int) -> None:
+        """Charge the authenticating key's quota before anything is written, so a 429 leaves no state.
+
+        NOTE: a repeated request with the same Idempotency-Key is charged again,
+        and so is a request that then fails with 503.
+        """
+        key = current_api_key()
+        if self._quotas is not None and key is not None:
+            await self._quotas.charge(key, estimated_tokens(spec, size))
 
     async def _reserve(self, tenant: str, key: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """Reserve `key` for `record`; return the earlier record when the same body was sent before."""
