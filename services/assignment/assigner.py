@@ -20,7 +20,7 @@ from services.assignment.hashing import (
     in_namespace,
 )
 from shared.events import GenerationParams, RequestSpec, VariantSpec
-from shared.experiments import ExperimentConfig, ExperimentsFile
+from shared.experiments import ExperimentConfig, ExperimentsFile, ModelChoice, find_model
 
 log = structlog.get_logger(__name__)
 
@@ -65,18 +65,39 @@ class Assigner:
     """
 
     def __init__(self, config: ExperimentsFile) -> None:
+        self._config = config
         self._experiments = [_prepare(experiment) for experiment in config.experiments if _is_evaluated(experiment)]
         self._default_variant = config.default_variant.to_spec()
 
     def assign(self, request: RequestSpec, request_id: str) -> Assignment:
-        """Return the variant for `request`, with the request's parameters merged over the variant's."""
+        """Return the variant for `request`, with the request's parameters merged over the variant's.
+
+        The request's `model` name narrows the choice (see `shared.experiments.find_model`).
+        A variant key serves that variant with no experiment. An experiment
+        key hashes the unit in that experiment only, so a unit outside its
+        coverage or namespace gets the default variant.
+        """
         unit, attribute = _unit_of(request, request_id)
+        choice = self._model_choice(request.model)
+        if choice.variant is not None:
+            return Assignment(None, _with_request_params(choice.variant.to_spec(), request), None, attribute)
+
         for experiment in self._experiments:
+            if choice.experiment_key not in (None, experiment.key):
+                continue
             chosen = _choose(experiment, unit)
             if chosen is not None:
                 variant, hash_value = chosen
                 return Assignment(experiment.key, _with_request_params(variant, request), hash_value, attribute)
         return Assignment(None, _with_request_params(self._default_variant, request), None, attribute)
+
+    def _model_choice(self, model: str | None) -> ModelChoice:
+        choice = find_model(self._config, model)
+        if choice is None:
+            # The ingress rejects unknown names, so this one left the experiments file after acceptance.
+            log.warning("model_not_found", model=model, fallback="usual routing")
+            return ModelChoice()
+        return choice
 
 
 def _is_evaluated(experiment: ExperimentConfig) -> bool:

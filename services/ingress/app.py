@@ -20,15 +20,22 @@ from faststream.nats import NatsBroker
 from redis.exceptions import RedisError
 
 from shared.bus import EventPublisher, ensure_jetstream, make_broker
+from shared.cancellation import CancelMarks
+from shared.config_store import EXPERIMENTS_KEY, WatchedConfig, experiments_parser
+from shared.experiments import ExperimentsFile, load_serving_config
 from shared.pulling import PullLoop
+from shared.queue_positions import QueuePositions
 from shared.release_log import ReleaseLog
 from shared.settings import Settings
 
 from services.ingress.acceptance import RequestAcceptor
 from services.ingress.auth import ApiKeyAuthenticator, tenant_dependency
+from services.ingress.cancellation import RequestCanceller
 from services.ingress.errors import install_error_handlers
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.projector import RequestStateProjector
+from services.ingress.quotas import QuotaLimiter
+from services.ingress.routes_openai import CompletionServer, openai_router
 from services.ingress.routes_reports import reports_router
 from services.ingress.routes_requests import requests_router
 from services.ingress.state_store import RequestStateStore
@@ -60,35 +67,55 @@ def _redis_pool(url: str) -> redis.BlockingConnectionPool:
 def create_app(settings: Settings) -> FastAPI:
     """Build the ingress app; NATS and Redis are connected when the app's lifespan starts.
 
-    Raises `shared.api_keys.ApiKeyFileError` when the API key file is missing or malformed.
+    Raises `shared.api_keys.ApiKeyFileError` when the API key file is missing or malformed, and
+    `shared.experiments.ConfigError` when the experiments or backends file is invalid.
+    The experiments that the OpenAI `model` field names come from the
+    configuration bucket, seeded from `settings.experiments_file`, and follow
+    each valid change without a restart.
     """
     authenticator = ApiKeyAuthenticator.from_file(settings.resolved_api_keys_file)
     broker = make_broker(settings.resolved_nats_url)
     redis_client = redis.Redis(connection_pool=_redis_pool(settings.resolved_redis_url))
     state_store = RequestStateStore(redis_client, settings.request_state_ttl_s)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
-    projector = RequestStateProjector(redis_client, state_store, release_log).puller()
+    queue_positions = QueuePositions(redis_client, settings.request_state_ttl_s)
+    projector = RequestStateProjector(redis_client, state_store, release_log, queue_positions).puller()
     acceptor = RequestAcceptor(
         state_store=state_store,
         idempotency=IdempotencyStore(redis_client, settings.idempotency_ttl_s),
         publisher=EventPublisher(broker),
         max_prompt_chars=settings.max_prompt_chars,
         request_timeout_s=settings.request_timeout_s,
+        quotas=QuotaLimiter(redis_client),
     )
 
-    app = FastAPI(title="Sluice ingress", lifespan=_lifespan(broker, projector, redis_client, settings))
+    # Checks both files now, so an invalid one fails here with its path in the message.
+    load_serving_config(settings)
+    experiments = WatchedConfig(EXPERIMENTS_KEY, settings.experiments_file, experiments_parser(settings))
+    lifespan = _lifespan(broker, projector, redis_client, authenticator, experiments, settings)
+    app = FastAPI(title="Sluice ingress", lifespan=lifespan)
     install_error_handlers(app)
     tenant = tenant_dependency(authenticator)
-    app.include_router(requests_router(tenant, acceptor, state_store))
+    canceller = RequestCanceller(
+        state_store, CancelMarks(redis_client, settings.request_state_ttl_s), lambda: broker.connection
+    )
+    app.include_router(requests_router(tenant, acceptor, state_store, canceller, queue_positions))
     streamer = ReleaseStreamer(release_log, state_store, settings.request_timeout_s)
     app.include_router(stream_router(authenticator, state_store, streamer))
     app.include_router(reports_router(tenant, lambda: broker.connection))
+    completions = CompletionServer(acceptor, release_log, canceller, settings.request_timeout_s)
+    app.include_router(openai_router(tenant, completions, lambda: experiments.current))
     app.include_router(_health_router(broker, redis_client))
     return app
 
 
 def _lifespan(
-    broker: NatsBroker, projector: PullLoop, redis_client: redis.Redis, settings: Settings
+    broker: NatsBroker,
+    projector: PullLoop,
+    redis_client: redis.Redis,
+    authenticator: ApiKeyAuthenticator,
+    experiments: WatchedConfig[ExperimentsFile],
+    settings: Settings,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +123,9 @@ def _lifespan(
         connection = await broker.connect()
         # The topology must exist before the first publish and before the projector binds its consumer.
         await ensure_jetstream(connection.jetstream())
+        # Every API key is loaded before the app serves its first request.
+        await authenticator.start(connection.jetstream())
+        await experiments.start(connection.jetstream())
         await broker.start()
         await projector.start(connection.jetstream())
         log.info("service_started", nats_url=settings.resolved_nats_url, http_port=settings.http_port)
@@ -103,6 +133,8 @@ def _lifespan(
             yield
         finally:
             await projector.stop()
+            await authenticator.stop()
+            await experiments.stop()
             await _stop_broker(broker)
             await redis_client.aclose()
             log.info("service_stopped")

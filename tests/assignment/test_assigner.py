@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from structlog.testing import capture_logs
 
 from services.assignment.assigner import REQUEST_ID_ATTRIBUTE, USER_ID_ATTRIBUTE, Assigner, merge_params
 from services.assignment.hashing import hash_unit
@@ -183,3 +184,72 @@ def test_assignment_carries_merged_params(user_id: str) -> None:
 
     assert assignment.variant.params.max_new_tokens == 32
     assert assignment.variant.params.temperature in (0.8, 0.5)
+
+
+def _two_experiments(second_coverage: float = 1.0) -> ExperimentsFile:
+    """Two experiments that both take every unit, so only `model` can send a unit to the second."""
+    return ExperimentsFile.model_validate(
+        {
+            "default_variant": {"key": "default", "backend": "embedded"},
+            "experiments": [
+                {"key": "first", "variants": [{"key": "first-arm", "backend": "embedded"}]},
+                {"key": "second", "coverage": second_coverage, "variants": [{"key": "second-arm", "backend": "embedded"}]},
+            ],
+        }
+    )
+
+
+def _asking_for(model: str, user_id: str = "alice", params: GenerationParams | None = None) -> RequestSpec:
+    return _request(user_id, params).model_copy(update={"model": model})
+
+
+@pytest.mark.parametrize("user_id", ["alice", "bob", "carol"])
+def test_variant_key_serves_variant_without_experiment(user_id: str) -> None:
+    assigner = Assigner(_config())
+
+    assignment = assigner.assign(_asking_for("cooler", user_id, GenerationParams(max_new_tokens=16)), "r")
+
+    assert assignment.variant.key == "cooler"
+    assert assignment.experiment_key is None
+    assert assignment.hash_value is None
+    assert assignment.variant.params == GenerationParams(temperature=0.5, top_p=0.9, max_new_tokens=16)
+
+
+def test_default_variant_key_serves_default() -> None:
+    assignment = Assigner(_config()).assign(_asking_for("default"), "r")
+
+    assert assignment.variant.key == "default"
+    assert assignment.experiment_key is None
+
+
+def test_experiment_key_assigns_in_that_experiment() -> None:
+    assigner = Assigner(_two_experiments())
+
+    assignment = assigner.assign(_asking_for("second"), "r")
+
+    assert assignment.experiment_key == "second"
+    assert assignment.variant.key == "second-arm"
+    assert assignment.hash_value == hash_unit("second", "alice", 2)
+
+
+def test_experiment_key_outside_coverage_gives_default() -> None:
+    assignment = Assigner(_two_experiments(second_coverage=0.0)).assign(_asking_for("second"), "r")
+
+    assert assignment.experiment_key is None
+    assert assignment.variant.key == "default"
+
+
+def test_auto_routes_as_usual() -> None:
+    assigner = Assigner(_two_experiments())
+
+    assert assigner.assign(_asking_for("auto"), "r") == assigner.assign(_request("alice"), "r")
+
+
+def test_unknown_model_routes_as_usual_and_logs() -> None:
+    assigner = Assigner(_two_experiments())
+
+    with capture_logs() as logs:
+        assignment = assigner.assign(_asking_for("removed-variant"), "r")
+
+    assert assignment.experiment_key == "first"
+    assert [entry["model"] for entry in logs if entry["event"] == "model_not_found"] == ["removed-variant"]
