@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 
 from shared.bus import ensure_jetstream
 from shared.logs import configure_logging
-from shared.pulling import PullLoop
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -19,21 +20,29 @@ log = structlog.get_logger(__name__)
 Hook = Callable[[], Awaitable[None]]
 
 
+class Puller(Protocol):
+    """An object that `build_app` starts and stops with the connection, such as a `shared.pulling.PullLoop` or a configuration watch."""
+
+    async def start(self, jetstream: JetStreamContext) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 def build_app(
     service: str,
     broker: NatsBroker,
     settings: Settings,
     *,
-    pullers: Sequence[PullLoop] = (),
+    pullers: Sequence[Puller] = (),
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> FastStream:
     """Wrap `broker` in a FastStream app that declares the JetStream topology before any puller starts.
 
     `on_startup` runs after the topology exists and before messages flow (load
-    models, open clients there). The `pullers` start after it and stop first
-    on shutdown, while the connection can still ack; `on_shutdown` runs after
-    the broker stopped.
+    models, open clients there). The `pullers` start after it, in order. On
+    shutdown they stop first, in the same order, while the connection can
+    still ack. `on_shutdown` runs after the broker stopped.
     """
     app = FastStream(broker, logger=None)
 
@@ -54,7 +63,8 @@ def build_app(
 
     @app.on_shutdown
     async def stop_pulling() -> None:
-        for puller in pullers:
+        # In reverse order, so a puller that another one relies on stops last.
+        for puller in reversed(pullers):
             await puller.stop()
 
     @app.after_shutdown

@@ -7,8 +7,10 @@ from faststream import FastStream
 from services.assignment.assigner import Assigner
 from services.assignment.handler import ScreenedHandler
 from shared.bus import EventPublisher, make_broker
+from shared.config_store import EXPERIMENTS_KEY, WatchedConfig, experiments_parser
 from shared.pulling import ConcurrentPuller
 from shared.experiments import load_serving_config
+from shared.runtime_config import Parser
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import ASSIGNMENT_CONSUMER
@@ -21,10 +23,24 @@ MAX_IN_FLIGHT = 16
 
 
 def make_app(settings: Settings) -> FastStream:
-    """Build the service. Raises `shared.experiments.ConfigError` when a config file is invalid."""
-    config = load_serving_config(settings)
+    """Build the service. Raises `shared.experiments.ConfigError` when a config file is invalid.
+
+    The experiments come from the configuration bucket, seeded from
+    `settings.experiments_file`, and each valid change replaces the assigner
+    without a restart.
+    """
+    # Checks both files now, so an invalid one fails here with its path in the message.
+    load_serving_config(settings)
+    assigner = WatchedConfig(EXPERIMENTS_KEY, settings.experiments_file, _assigner_parser(settings))
     broker = make_broker(settings.resolved_nats_url)
-    handler = ScreenedHandler(Assigner(config.experiments), EventPublisher(broker))
+    handler = ScreenedHandler(lambda: assigner.current, EventPublisher(broker))
 
     puller = ConcurrentPuller(ASSIGNMENT_CONSUMER, handler.handle, max_in_flight=MAX_IN_FLIGHT)
-    return build_app(SERVICE_NAME, broker, settings, pullers=[puller])
+    # The assigner starts first, so the first message finds the experiments loaded.
+    return build_app(SERVICE_NAME, broker, settings, pullers=[assigner, puller])
+
+
+def _assigner_parser(settings: Settings) -> Parser[Assigner]:
+    # The assigner computes its bucket ranges once per value, not per request.
+    parse_experiments = experiments_parser(settings)
+    return lambda key, data: Assigner(parse_experiments(key, data))

@@ -7,13 +7,15 @@ import structlog
 from faststream import FastStream
 
 from services.moderation.handler import ChunkHandler
+from services.moderation.holdback import OutputScanners
 from services.moderation.moderator import Moderator
 from services.moderation.sink import OutputSink
 from services.moderation.stream import StreamTable
 from shared.bus import EventPublisher, make_broker
+from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
 from shared.pulling import BatchPuller, one_at_a_time
 from shared.release_log import ReleaseLog
-from shared.scanning import build_output_chain, load_policy
+from shared.scanning import Policy, build_output_chain, load_policy
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import MODERATION_CONSUMER
@@ -33,19 +35,35 @@ FETCH_BATCH_SIZE = 64
 
 
 def make_app(settings: Settings) -> FastStream:
-    """Build the service and its output scanners (about 6 s on the first call, which imports llm-guard).
+    """Build the service (about 6 s on the first call, which imports llm-guard).
 
+    The policy comes from the configuration bucket, seeded from
+    `settings.policy_file`. Each valid change rebuilds the output scanners
+    without a restart. An output that is streaming keeps the scanners it
+    started with, and the outputs that start later use the new ones.
     Raises `shared.scanning.PolicyError` when the policy file is invalid.
     """
-    output_chain = build_output_chain(load_policy(settings.policy_file))
+    # Building the file's chain now names the file in any error and imports llm-guard before the service starts.
+    build_output_chain(load_policy(settings.policy_file))
+    scanners = WatchedConfig(POLICY_KEY, settings.policy_file, policy_parser(_build_scanners), parse_in_thread=True)
     broker = make_broker(settings.resolved_nats_url)
     redis_client = redis.from_url(settings.resolved_redis_url)
     sink = OutputSink(ReleaseLog(redis_client, settings.request_state_ttl_s), EventPublisher(broker))
     # A stream silent for a whole request timeout belongs to a request that every stage has given up on.
     table = StreamTable(idle_timeout_s=settings.request_timeout_s)
-    moderator = Moderator(output_chain, sink, table)
+    moderator = Moderator(lambda: scanners.current, sink, table)
     handler = ChunkHandler(moderator)
-    log.info("output_scanners_built", scanners=list(output_chain.names), holdback_chars=moderator.holdback_chars)
 
     puller = BatchPuller(MODERATION_CONSUMER, one_at_a_time(handler.handle), batch_size=FETCH_BATCH_SIZE)
-    return build_app(SERVICE_NAME, broker, settings, pullers=[puller], on_shutdown=redis_client.aclose)
+    # The scanners start first, so the first message finds the policy loaded.
+    return build_app(SERVICE_NAME, broker, settings, pullers=[scanners, puller], on_shutdown=redis_client.aclose)
+
+
+def _build_scanners(policy: Policy) -> OutputScanners:
+    scanners = OutputScanners.build(build_output_chain(policy))
+    log.info(
+        "output_scanners_built",
+        scanners=list(scanners.full_chain.names),
+        holdback_chars=scanners.holdback.holdback_chars,
+    )
+    return scanners

@@ -14,6 +14,8 @@ the whole text would not. That blocks early but never releases banned text.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from services.moderation.stream import OutputStream
 from shared.scanning import ChainResult, ScannerChain
 
@@ -40,3 +42,15 @@ class Holdback:
     def releasable(self, stream: OutputStream) -> str:
         """Return the text that can be released after a passing `check`: all but the last L characters."""
         return stream.releasable(self.holdback_chars)
+
+
+@dataclass(frozen=True)
+class OutputScanners:
+    """The output chain of one policy and its streaming part, built once per policy."""
+
+    full_chain: ScannerChain
+    holdback: Holdback
+
+    @classmethod
+    def build(cls, output_chain: ScannerChain) -> OutputScanners:
+        return cls(full_chain=output_chain, holdback=Holdback(output_chain))

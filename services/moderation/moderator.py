@@ -15,12 +15,14 @@ arrives. Run one moderation replica.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import structlog
 
-from services.moderation.holdback import Holdback
+from services.moderation.holdback import OutputScanners
 from services.moderation.sink import OutputSink
 from services.moderation.stream import ChunkOrder, Closing, OutputStream, StreamTable
+from shared.cancellation import CANCELLED
 from shared.events import (
     ChunkPayload,
     DeliveredPayload,
@@ -32,7 +34,7 @@ from shared.events import (
     Usage,
     Verdict,
 )
-from shared.scanning import ChainResult, ScannerChain, ScannerFailed
+from shared.scanning import ChainResult, ScannerFailed
 
 log = structlog.get_logger(__name__)
 
@@ -66,18 +68,19 @@ class Moderator:
 
     Not safe for concurrent use, so the consumer must hand it one message at
     a time, in stream order. A failed write raises `DeliveryFailed`, after
-    which the message should be redelivered.
+    which the message should be redelivered. `scanners` returns the scanners
+    of the policy in force; each stream reads it once, when it opens.
     """
 
-    def __init__(self, output_chain: ScannerChain, sink: OutputSink, table: StreamTable) -> None:
-        self._holdback = Holdback(output_chain)
-        self._full_chain = output_chain
+    def __init__(self, scanners: Callable[[], OutputScanners], sink: OutputSink, table: StreamTable) -> None:
+        self._scanners = scanners
         self._sink = sink
         self._table = table
 
     @property
     def holdback_chars(self) -> int:
-        return self._holdback.holdback_chars
+        """The holdback of the policy in force, which streams opened from now on use."""
+        return self._scanners().holdback.holdback_chars
 
     async def handle_chunk(self, envelope: Envelope, chunk: ChunkPayload, deliveries: int) -> Disposition:
         """Accept, check and release one chunk; `deliveries` counts JetStream deliveries of this message."""
@@ -162,13 +165,15 @@ class Moderator:
         return stream
 
     def _open(self, envelope: Envelope, attempt: int) -> OutputStream:
-        stream = OutputStream(tenant=envelope.tenant, request_id=envelope.request_id, attempt=attempt)
+        stream = OutputStream(
+            tenant=envelope.tenant, request_id=envelope.request_id, attempt=attempt, scanners=self._scanners()
+        )
         self._table.put(stream)
         return stream
 
     async def _check(self, stream: OutputStream) -> None:
         try:
-            verdict = await self._holdback.check(stream)
+            verdict = await _scanners_of(stream).holdback.check(stream)
         except ScannerFailed as error:
             stream.closing = self._scanner_failure(stream, error)
             return
@@ -176,12 +181,15 @@ class Moderator:
             stream.closing = self._blocked(stream, verdict, Usage())
 
     async def _closing_at_end(self, stream: OutputStream, end: EndPayload) -> Closing:
+        if end.error_code == CANCELLED:
+            # Inference publishes request.cancelled itself; the held-back tail is dropped with the stream.
+            return Closing(final={"status": CANCELLED, "reason": end.error_message or CANCELLED})
         if end.error_code is not None:
             # Inference publishes request.failed itself; the log only needs its final entry.
             message = end.error_message or f"generation failed with {end.error_code}"
             return Closing(final={"status": "failed", "error_code": end.error_code, "message": message})
         try:
-            verdict = await self._full_chain.scan_async(stream.text)
+            verdict = await _scanners_of(stream).full_chain.scan_async(stream.text)
         except ScannerFailed as error:
             return self._scanner_failure(stream, error)
         if verdict.blocked:
@@ -204,7 +212,7 @@ class Moderator:
         """Perform the writes the stream still needs; each step records its progress before the next."""
         closing = stream.closing
         if closing is None:
-            await self._release(stream, self._holdback.releasable(stream))
+            await self._release(stream, _scanners_of(stream).holdback.releasable(stream))
             return
 
         if closing.release_tail:
@@ -311,3 +319,10 @@ class Moderator:
                 log.warning(
                     "output_stream_evicted", request_id=stream.request_id, tenant=stream.tenant, attempt=stream.attempt
                 )
+
+
+def _scanners_of(stream: OutputStream) -> OutputScanners:
+    if stream.scanners is None:
+        # `Moderator._open` creates every stream that reaches here, with its scanners set.
+        raise RuntimeError(f"stream of request {stream.request_id} has no scanners; open it with Moderator._open")
+    return stream.scanners

@@ -7,9 +7,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.events import FailedPayload, ModeratedPayload, Usage
+
+if TYPE_CHECKING:
+    from services.moderation.holdback import OutputScanners
 
 
 class ChunkOrder(enum.Enum):
@@ -67,6 +70,10 @@ class OutputStream:
     closing: Closing | None = None
     # True once every write of `closing` succeeded; later chunks are ignored.
     closed: bool = False
+    # The scanners of the policy in force when the stream opened. The stream
+    # keeps them to its end, so a policy change never moves the holdback or
+    # judges one output by two policies. None only for a stream built outside `Moderator`.
+    scanners: OutputScanners | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -8,8 +8,9 @@ from faststream import FastStream
 from services.safety.handler import AcceptedHandler
 from services.safety.screening import Screener
 from shared.bus import EventPublisher, make_broker
+from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
 from shared.pulling import ConcurrentPuller
-from shared.scanning import build_input_chain, load_policy
+from shared.scanning import Policy, build_input_chain, load_policy
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import SAFETY_CONSUMER
@@ -24,14 +25,26 @@ MAX_IN_FLIGHT = 16
 
 
 def make_app(settings: Settings) -> FastStream:
-    """Build the service and its input scanners (about 6 s on the first call, which imports llm-guard).
+    """Build the service (about 6 s on the first call, which imports llm-guard).
 
-    Raises `shared.scanning.PolicyError` when the policy file is invalid.
+    The policy comes from the configuration bucket, seeded from
+    `settings.policy_file`. Each valid change rebuilds the input scanners
+    without a restart, and a request being screened finishes with the chain
+    it started with. Raises `shared.scanning.PolicyError` when the policy file is invalid.
     """
-    input_chain = build_input_chain(load_policy(settings.policy_file))
+    # Building the file's chain now names the file in any error and imports llm-guard before the service starts.
+    build_input_chain(load_policy(settings.policy_file))
+    # About 45 ms of CPU per rebuild of the shipped policy, so it runs in a worker thread.
+    screener = WatchedConfig(POLICY_KEY, settings.policy_file, policy_parser(_build_screener), parse_in_thread=True)
     broker = make_broker(settings.resolved_nats_url)
-    handler = AcceptedHandler(Screener(input_chain), EventPublisher(broker))
-    log.info("input_scanners_built", scanners=list(input_chain.names))
+    handler = AcceptedHandler(lambda: screener.current, EventPublisher(broker))
 
     puller = ConcurrentPuller(SAFETY_CONSUMER, handler.handle, max_in_flight=MAX_IN_FLIGHT)
-    return build_app(SERVICE_NAME, broker, settings, pullers=[puller])
+    # The screener starts first, so the first message finds the policy loaded.
+    return build_app(SERVICE_NAME, broker, settings, pullers=[screener, puller])
+
+
+def _build_screener(policy: Policy) -> Screener:
+    input_chain = build_input_chain(policy)
+    log.info("input_scanners_built", scanners=list(input_chain.names))
+    return Screener(input_chain)

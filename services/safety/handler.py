@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from nats.aio.msg import Msg
@@ -17,14 +18,16 @@ class AcceptedHandler(EnvelopeHandler):
 
     The message is acked only after JetStream acknowledged the publish of its
     follow-up event. A failed publish is redelivered after `RETRY_DELAY_S`.
+    `screener` returns the screener of the policy in force; it is read once
+    per message, so a policy change never swaps the chain during a scan.
     """
 
     stage: ClassVar[str] = STAGE
     event_types: ClassVar[tuple[EventType, ...]] = (EventType.ACCEPTED,)
 
-    def __init__(self, screener: Screener, publisher: EventPublisher) -> None:
+    def __init__(self, screener: Callable[[], Screener], publisher: EventPublisher) -> None:
         self._screener = screener
         self._publisher = publisher
 
     async def process(self, msg: Msg, envelope: Envelope, payload: AcceptedPayload) -> None:
-        await self._publisher.publish(await self._screener.screen(envelope, payload))
+        await self._publisher.publish(await self._screener().screen(envelope, payload))

@@ -9,7 +9,7 @@ Entry points call `configure_scanner_runtime` before building.
 from shared.scanning.builders import build_input_chain, build_output_chain
 from shared.scanning.chain import ChainResult, PolicyScanner, ScannerChain
 from shared.scanning.errors import PolicyError, ScannerFailed, ScanningError
-from shared.scanning.policy import DEFAULT_REGEX_MAX_MATCH_CHARS, Policy, load_policy, parse_policy
+from shared.scanning.policy import DEFAULT_REGEX_MAX_MATCH_CHARS, Policy, load_policy, parse_policy, parse_policy_text
 from shared.scanning.runtime import configure_scanner_runtime
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "configure_scanner_runtime",
     "load_policy",
     "parse_policy",
+    "parse_policy_text",
 ]

@@ -225,11 +225,19 @@ def load_policy(path: Path) -> Policy:
             f"policy file {path} cannot be read ({error.strerror or error}); "
             f"set SLUICE_POLICY_FILE to the path of a policy file"
         ) from error
+    return parse_policy_text(text, source=str(path))
+
+
+def parse_policy_text(text: str, *, source: str) -> Policy:
+    """Validate the YAML text of a policy; `source` names it in error messages.
+
+    Raises `PolicyError` when the text is not YAML or does not fit the schema.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise PolicyError(f"policy file {path} is not valid YAML: {error}") from error
-    return parse_policy(data, source=str(path))
+        raise PolicyError(f"policy file {source} is not valid YAML: {error}") from error
+    return parse_policy(data, source=source)
 
 
 def parse_policy(data: Any, *, source: str) -> Policy:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
@@ -10,6 +10,7 @@ import redis.asyncio as redis
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
+from services.moderation.holdback import OutputScanners
 from services.moderation.moderator import (
     CHUNK_MISSING,
     INTERRUPTED,
@@ -23,7 +24,7 @@ from services.moderation.stream import StreamTable
 from shared.bus import EventPublisher, ensure_jetstream, make_broker
 from shared.events import EventType, Verdict
 from shared.release_log import ReleaseLog
-from shared.scanning import ScannerChain
+from shared.scanning import ScannerChain, build_output_chain, parse_policy
 from tests.moderation.support import (
     chunk,
     end,
@@ -62,6 +63,11 @@ async def release_log(redis_url: str) -> AsyncIterator[ReleaseLog]:
     await client.aclose()
 
 
+def _scanners(output_chain: ScannerChain) -> Callable[[], OutputScanners]:
+    scanners = OutputScanners.build(output_chain)
+    return lambda: scanners
+
+
 @pytest.fixture
 def table() -> StreamTable:
     return StreamTable(idle_timeout_s=IDLE_TIMEOUT_S)
@@ -69,7 +75,7 @@ def table() -> StreamTable:
 
 @pytest.fixture
 def moderator(output_chain: ScannerChain, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable) -> Moderator:
-    return Moderator(output_chain, OutputSink(release_log, EventPublisher(broker)), table)
+    return Moderator(_scanners(output_chain), OutputSink(release_log, EventPublisher(broker)), table)
 
 
 async def _stream(moderator: Moderator, request_id: str, texts: list[str], attempt: int = 1) -> None:
@@ -308,7 +314,7 @@ async def test_failed_write_released_once(
 ) -> None:
     request_id = new_request_id()
     unreachable = redis.from_url("redis://127.0.0.1:9/0")
-    broken = Moderator(output_chain, OutputSink(ReleaseLog(unreachable, ttl_s=600), EventPublisher(broker)), table)
+    broken = Moderator(_scanners(output_chain), OutputSink(ReleaseLog(unreachable, ttl_s=600), EventPublisher(broker)), table)
 
     with pytest.raises(DeliveryFailed):
         await broken.handle_chunk(*chunk(request_id, 0, CLEAN_OUTPUT[0] * 3), deliveries=1)
@@ -327,7 +333,7 @@ async def test_late_end_after_restart_harmless(
     request_id = new_request_id()
     await _stream(moderator, request_id, CLEAN_OUTPUT)
     await moderator.handle_end(*end(request_id), deliveries=1)
-    restarted = Moderator(output_chain, OutputSink(release_log, EventPublisher(broker)), StreamTable(IDLE_TIMEOUT_S))
+    restarted = Moderator(_scanners(output_chain), OutputSink(release_log, EventPublisher(broker)), StreamTable(IDLE_TIMEOUT_S))
 
     await restarted.handle_end(*end(request_id), deliveries=2)
 
@@ -335,3 +341,30 @@ async def test_late_end_after_restart_harmless(
     assert final is not None
     assert final["status"] == "completed"
     assert EventType.FAILED not in await events_of(jetstream, request_id)
+
+
+async def test_policy_change_spares_open_stream(
+    output_chain: ScannerChain, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
+) -> None:
+    """A stream finishes with the scanners it opened with; streams opened after the change use the new ones."""
+    stricter_policy = {"output": [{"type": "BanSubstrings", "options": {"substrings": ["nobler"]}}]}
+    stricter = OutputScanners.build(build_output_chain(parse_policy(stricter_policy, source="stricter")))
+    in_force = [OutputScanners.build(output_chain)]
+    moderator = Moderator(lambda: in_force[0], OutputSink(release_log, EventPublisher(broker)), table)
+    opened_before, opened_after = new_request_id(), new_request_id()
+
+    await moderator.handle_chunk(*chunk(opened_before, 0, CLEAN_OUTPUT[0]), deliveries=1)
+    in_force[0] = stricter
+    for seq, text in enumerate(CLEAN_OUTPUT[1:], start=1):
+        await moderator.handle_chunk(*chunk(opened_before, seq, text), deliveries=1)
+    await moderator.handle_end(*end(opened_before), deliveries=1)
+    await _stream(moderator, opened_after, CLEAN_OUTPUT)
+    await moderator.handle_end(*end(opened_after), deliveries=1)
+
+    before_final = await final_entry(release_log, opened_before)
+    after_final = await final_entry(release_log, opened_after)
+    assert before_final is not None
+    assert before_final["status"] == "completed"
+    assert after_final is not None
+    assert after_final["status"] == "blocked"
+    assert after_final["blocked_by"] == "BanSubstrings"
