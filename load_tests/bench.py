@@ -17,7 +17,14 @@ from load_tests.report import BenchSection, render_page
 from shared.settings import REPO_ROOT
 
 # Cheapest first: a broken environment shows up within seconds.
-BENCHMARKS = ("bench_bus", "bench_screening", "bench_telemetry", "bench_pipeline", "bench_memory")
+BENCHMARKS = (
+    "bench_bus",
+    "bench_screening",
+    "bench_telemetry",
+    "bench_sluice_vs_direct",
+    "bench_pipeline",
+    "bench_memory",
+)
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 # A quick run's figures are noise, so it never replaces the recorded page.
 QUICK_OUTPUT = REPO_ROOT / "data" / "benchmarks-quick.md"

@@ -34,7 +34,7 @@ from shared.events import (
     derive_event_id,
     new_envelope,
 )
-from shared.subjects import event_subject
+from shared.subjects import envelope_subject
 
 TENANTS = ("acme", "globex", "initech", "umbrella")
 # A short question, a prompt with some context and one with a pasted document.
@@ -169,7 +169,7 @@ def build_template(tenant: str, prompt_chars: int, output_chars: int) -> Request
         _TemplateEvent(
             event_type=envelope.type,
             attempt=attempt,
-            subject=event_subject(envelope.type),
+            subject=envelope_subject(envelope),
             body=envelope.model_dump_json().encode(),
             event_id=envelope.event_id.encode(),
         )

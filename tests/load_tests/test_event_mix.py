@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from load_tests.event_mix import event_messages, mean_body_bytes, request_templates
 from shared.events import EventType, decode_envelope, derive_event_id
-from shared.subjects import event_subject
+from shared.subjects import envelope_subject
 
 
 def test_yields_exact_count() -> None:
@@ -41,7 +41,7 @@ def test_copies_carry_derived_ids() -> None:
 
         assert envelope.event_id == message.event_id
         assert message.event_id == derive_event_id(envelope.tenant, envelope.request_id, envelope.type, attempt)
-        assert message.subject == event_subject(envelope.type)
+        assert message.subject == envelope_subject(envelope)
 
 
 def test_copies_get_new_request_ids() -> None:
