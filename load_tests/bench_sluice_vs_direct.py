@@ -33,7 +33,7 @@ PROMPTS = (
     "What say you of love and of its follies?",
 )
 # Long enough that the decode rate dominates the per-request overhead, short
-# enough that a full run takes about a minute on two cores.
+# enough that a full run takes well under a minute on two cores.
 MAX_TOKENS = 64
 FULL_ROUNDS = 20
 QUICK_ROUNDS = 3
