@@ -175,14 +175,23 @@ class ConcurrentPuller(PullLoop):
         await _handle_logged(self._handler, msg)
 
     async def _finish_in_flight(self) -> None:
-        if not self._in_flight:
-            return
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.warning("pull_consumer_abandoned_messages", consumer=self.spec.durable, messages=len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+        abandoned = await finish_in_flight(self._in_flight, self._stop_grace_s)
+        if abandoned:
+            log.warning("pull_consumer_abandoned_messages", consumer=self.spec.durable, messages=abandoned)
+
+
+async def finish_in_flight(tasks: set[asyncio.Task[None]], stop_grace_s: float) -> int:
+    """Give `tasks` `stop_grace_s` seconds to finish, cancel the rest and return how many were cancelled.
+
+    A cancelled handler leaves its message unacked, so JetStream redelivers it.
+    """
+    if not tasks:
+        return 0
+    _done, pending = await asyncio.wait(set(tasks), timeout=stop_grace_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
 
 
 async def _handle_logged(handler: MessageHandler, msg: Msg) -> None:

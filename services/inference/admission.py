@@ -41,7 +41,13 @@ from redis.exceptions import RedisError
 
 from services.inference.weighted_turn import WeightedTurn
 from shared.bus import ensure_consumer
-from shared.pulling import DEFAULT_STOP_GRACE_S, FETCH_ERROR_PAUSE_S, MessageHandler, fetch_available
+from shared.pulling import (
+    DEFAULT_STOP_GRACE_S,
+    FETCH_ERROR_PAUSE_S,
+    MessageHandler,
+    fetch_available,
+    finish_in_flight,
+)
 from shared.queue_positions import QueuePositions
 from shared.subjects import EVENTS_STREAM, SubjectTokenError, pool_queue_consumer, pool_subject_filter
 
@@ -302,14 +308,9 @@ class AdmissionLoop:
             log.warning("tenant_queue_skipped", backend=self.backend, error=str(error))
 
     async def _finish_in_flight(self) -> None:
-        if not self._in_flight:
-            return
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.warning("admission_abandoned_messages", backend=self.backend, messages=len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+        abandoned = await finish_in_flight(self._in_flight, self._stop_grace_s)
+        if abandoned:
+            log.warning("admission_abandoned_messages", backend=self.backend, messages=abandoned)
 
     async def _unsubscribe(self) -> None:
         subscriptions = [self._doorbell, *(queue.subscription for queue in self._queues.values())]
