@@ -1,7 +1,8 @@
 """The consumer of `request.assigned`: expiry, cancellation, the redelivery rule, then one generation attempt.
 
-A request whose cancel mark is set ends as cancelled without reaching a
-model; one cancelled while it generates stops at once (see
+A request that the ingress already ended as cancelled is dropped, and one
+whose cancel mark is set ends as cancelled without reaching a model. One
+cancelled while it generates stops at once (see shared/cancellation.py and
 `services/inference/cancellation.py`).
 
 The attempt number is JetStream's delivery count. A redelivered message
@@ -100,8 +101,13 @@ class AssignedHandler(EnvelopeHandler):
     async def _generate_once(self, envelope: Envelope, payload: AssignedPayload, attempt: int) -> None:
         if await publish_if_expired(self._publisher, envelope, STAGE):
             return
-        # Registered before the mark is read, so a cancel that lands between the two still fires the signal.
+        # Registered before the claim, so a cancel notice sent right after the claim still fires the signal.
         with self._running.register(envelope.tenant, envelope.request_id) as cancel:
+            ended_reason = await self._cancel_marks.claim_for_generation(envelope.tenant, envelope.request_id)
+            if ended_reason is not None:
+                # The ingress ended the request before it reached a model, and published request.cancelled.
+                log.info("cancelled_request_dropped", reason=ended_reason)
+                return
             reason = await self._cancel_marks.reason(envelope.tenant, envelope.request_id)
             if reason is not None:
                 await self._generator.cancelled(envelope, attempt, reason, self._generator.progress(envelope, payload))

@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     """
     authenticator = ApiKeyAuthenticator.from_file(settings.resolved_api_keys_file)
     broker = make_broker(settings.resolved_nats_url)
+    publisher = EventPublisher(broker)
     redis_client = redis.Redis(connection_pool=_redis_pool(settings.resolved_redis_url))
     state_store = RequestStateStore(redis_client, settings.request_state_ttl_s)
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
@@ -83,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     acceptor = RequestAcceptor(
         state_store=state_store,
         idempotency=IdempotencyStore(redis_client, settings.idempotency_ttl_s),
-        publisher=EventPublisher(broker),
+        publisher=publisher,
         max_prompt_chars=settings.max_prompt_chars,
         request_timeout_s=settings.request_timeout_s,
         quotas=QuotaLimiter(redis_client),
@@ -96,9 +97,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Sluice ingress", lifespan=lifespan)
     install_error_handlers(app)
     tenant = tenant_dependency(authenticator)
-    canceller = RequestCanceller(
-        state_store, CancelMarks(redis_client, settings.request_state_ttl_s), lambda: broker.connection
-    )
+    marks = CancelMarks(redis_client, settings.request_state_ttl_s)
+    canceller = RequestCanceller(state_store, marks, publisher, queue_positions, lambda: broker.connection)
     app.include_router(requests_router(tenant, acceptor, state_store, canceller, queue_positions))
     streamer = ReleaseStreamer(release_log, state_store, settings.request_timeout_s)
     app.include_router(stream_router(authenticator, state_store, streamer))

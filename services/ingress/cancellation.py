@@ -1,9 +1,12 @@
 """Cancelling a request from the ingress: `DELETE /v1/requests/{id}` and OpenAI streaming clients that disconnect.
 
-The canceller sets the request's cancel mark in Redis and publishes the
-cancel notice on core NATS (shared/cancellation.py). The request then ends
-with `request.cancelled`, which the inference service publishes and the
-projector records as the status `cancelled`.
+The canceller first claims the request (shared/cancellation.py). When the
+claim succeeds the request has not reached a model, wherever it waits, so
+the canceller ends it here: it takes the request out of its pool's queue
+count and publishes `request.cancelled`, which the projector turns into the
+status `cancelled` and the stream's final message. When inference claimed
+the request first, the canceller sets the cancel mark and publishes the
+notice, and inference publishes `request.cancelled` once generation stopped.
 """
 
 from __future__ import annotations
@@ -13,22 +16,36 @@ from collections.abc import Callable
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from shared.bus import EventPublisher
 from shared.cancellation import CancelMarks, CancelNotice, cancel_subject
+from shared.events import CancelledPayload, EventType, new_envelope
+from shared.queue_positions import QueuePositions
 
-from services.ingress.state_store import TERMINAL_STATUSES, RequestStateStore, RequestStatus
+from services.ingress.state_store import TERMINAL_STATUSES, RecordField, RequestStateStore, RequestStatus
 
 log = structlog.get_logger(__name__)
 
 # The notice is flushed to nats-server before `cancel` returns, waiting at most this long.
 NOTICE_FLUSH_TIMEOUT_S = 1.0
+# The stage that `request.cancelled` names when the ingress ended the request.
+STAGE = "ingress"
 
 
 class RequestCanceller:
     """The ingress side of cancellation: stops a request that has not ended yet."""
 
-    def __init__(self, state_store: RequestStateStore, marks: CancelMarks, connection: Callable[[], NatsClient]) -> None:
+    def __init__(
+        self,
+        state_store: RequestStateStore,
+        marks: CancelMarks,
+        publisher: EventPublisher,
+        positions: QueuePositions,
+        connection: Callable[[], NatsClient],
+    ) -> None:
         self._state_store = state_store
         self._marks = marks
+        self._publisher = publisher
+        self._positions = positions
         self._connection = connection
 
     async def cancel(self, tenant: str, request_id: str, reason: str) -> bool:
@@ -44,8 +61,22 @@ class RequestCanceller:
 
     async def cancel_unchecked(self, tenant: str, request_id: str, reason: str, status: RequestStatus) -> None:
         """Cancel a request the caller found in the non-terminal `status`."""
+        if await self._marks.claim_for_cancel(tenant, request_id, reason):
+            await self._end_before_generation(tenant, request_id, reason)
+            log.info("request_cancelled", request_id=request_id, tenant=tenant, reason=reason, status=status.value)
+            return
         await self._marks.mark(tenant, request_id, reason)
         connection = self._connection()
         await connection.publish(cancel_subject(tenant, request_id), CancelNotice(tenant, request_id, reason).encode())
         await connection.flush(timeout=NOTICE_FLUSH_TIMEOUT_S)
         log.info("request_cancel_requested", request_id=request_id, tenant=tenant, reason=reason, status=status.value)
+
+    async def _end_before_generation(self, tenant: str, request_id: str, reason: str) -> None:
+        fields = await self._state_store.read(tenant, request_id) or {}
+        backend = fields.get(RecordField.BACKEND.value)
+        if backend:
+            await self._positions.mark_admitted(backend, tenant, request_id)
+        payload = CancelledPayload(stage=STAGE, reason=reason)
+        await self._publisher.publish(
+            new_envelope(EventType.CANCELLED, request_id=request_id, tenant=tenant, payload=payload)
+        )

@@ -70,12 +70,15 @@ async def wait_for_status(client: SluiceClient, request_id: str, wanted: str) ->
         await asyncio.sleep(0.1)
 
 
-async def stored_payload(store: StoreClient, request_id: str, event_type: str) -> dict[str, Any] | None:
+async def stored_payload(
+    store: StoreClient, request_id: str, event_type: str, wait_s: float = WAIT_S
+) -> dict[str, Any] | None:
+    """Return the payload of the request's event of `event_type` in ClickHouse, or None when none arrived within `wait_s`."""
     sql = (
         "SELECT payload FROM events FINAL "
         "WHERE tenant = 'dev' AND request_id = {id:String} AND type = {type:String}"
     )
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         rows = await store.query_all(sql, {"id": request_id, "type": event_type})
         if rows:
@@ -222,3 +225,37 @@ async def test_sse_client_disconnect_stops_generation(client: SluiceClient, stac
     # the tokens of that trip on top of the direct cancel's bound.
     assert after["generated_tokens"] - before["generated_tokens"] <= 2 * MAX_TOKENS_AFTER_CANCEL
 
+
+
+async def test_queued_request_cancels_at_once(client: SluiceClient, store: StoreClient) -> None:
+    # The embedded pool generates 4 requests at once, so a fifth waits in its queue.
+    running = [await submit_long(client) for _ in range(4)]
+    for submission in running:
+        await wait_for_status(client, submission.request_id, "generating")
+    queued = await submit_long(client)
+    await wait_for_queue_position(client, queued.request_id)
+
+    response = await client.cancel(queued.request_id)
+    final = [message async for message in client.stream(queued.stream_url)][-1]
+    status = await client.status(queued.request_id)
+    for submission in running:
+        await client.cancel(submission.request_id)
+
+    assert response["status"] == "queued"
+    assert final["status"] == "cancelled"
+    assert status["status"] == "cancelled"
+    assert status["queue_position"] is None
+    payload = await stored_payload(store, queued.request_id, "request.cancelled")
+    assert payload is not None
+    assert payload["stage"] == "ingress"
+    assert payload["stats"] is None
+    assert await stored_payload(store, queued.request_id, "generation.first_token", wait_s=2.0) is None
+
+
+async def wait_for_queue_position(client: SluiceClient, request_id: str) -> int:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        status = await client.status(request_id)
+        if status.get("queue_position") is not None or time.monotonic() > deadline:
+            return status.get("queue_position")
+        await asyncio.sleep(0.05)
