@@ -213,6 +213,25 @@ class ExperimentsFile(_Config):
         _check_unique([experiment.key for experiment in experiments], "experiment key")
         return experiments
 
+    @model_validator(mode="after")
+    def _check_model_names(self) -> ExperimentsFile:
+        """Keep every key usable as an OpenAI `model` name: none is `auto`, and no variant hides an experiment."""
+        experiment_keys = {experiment.key for experiment in self.experiments}
+        variant_keys = {variant.key for experiment in self.experiments for variant in experiment.variants}
+        if AUTO_MODEL in experiment_keys | variant_keys | {self.default_variant.key}:
+            raise ValueError(f"the key {AUTO_MODEL!r} is reserved for the usual routing of the OpenAI API: rename it")
+        clashes = sorted(variant_keys & experiment_keys)
+        if clashes:
+            raise ValueError(
+                f"variant key {clashes[0]!r} is also an experiment key, so the model name would be ambiguous: rename one"
+            )
+        if self.default_variant.key in variant_keys | experiment_keys:
+            raise ValueError(
+                f"default_variant key {self.default_variant.key!r} is also the key of an experiment or of one of its "
+                "variants, so the model name would be ambiguous: rename one"
+            )
+        return self
+
     def variants(self) -> list[VariantConfig]:
         """Return every variant, the default one included."""
         return [variant for experiment in self.experiments for variant in experiment.variants] + [self.default_variant]

@@ -44,7 +44,8 @@ per_request AS (
         anyIf(finish_reason, type = 'output.delivered') AS delivered_finish_reason,
         countIf(type = 'request.failed') > 0 AS failed,
         anyIf(error_code, type = 'request.failed') AS failed_error_code,
-        countIf(type = 'request.expired') > 0 AS expired
+        countIf(type = 'request.expired') > 0 AS expired,
+        countIf(type = 'request.cancelled') > 0 AS cancelled
     FROM (
         SELECT
             request_id,
@@ -75,6 +76,7 @@ FROM (
             delivered_at IS NOT NULL, 'completed',
             failed, 'failed',
             expired, 'expired',
+            cancelled, 'cancelled',
             'in_progress'
         ) AS outcome,
         multiIf(

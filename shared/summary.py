@@ -34,8 +34,9 @@ class TrafficSummary(BaseModel):
     numpy.percentile does by default. `blocked_by` counts blocked requests
     per scanner, prompt and output screening together; `failed_by` counts
     failed requests per error code. In a report each
-    request counts in exactly one of completed, blocked, failed, expired and
-    in_progress.
+    request counts in exactly one of completed, blocked, failed, expired,
+    cancelled and in_progress. TTFT samples include cancelled requests that
+    had a first token.
     """
 
     requests: int = 0
@@ -44,6 +45,7 @@ class TrafficSummary(BaseModel):
     failed: int = 0
     failed_by: dict[str, int] = Field(default_factory=dict)
     expired: int = 0
+    cancelled: int = 0
     in_progress: int = 0
     ttft: LatencyPercentiles = Field(default_factory=LatencyPercentiles)
     total_latency: LatencyPercentiles = Field(default_factory=LatencyPercentiles)

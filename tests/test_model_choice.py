@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from shared.experiments import AUTO_MODEL, ExperimentsFile, ModelChoice, find_model, model_names
 
 
@@ -62,3 +65,18 @@ def test_every_listed_name_is_found() -> None:
     experiments = _experiments()
 
     assert all(find_model(experiments, name) is not None for name in model_names(experiments))
+
+
+@pytest.mark.parametrize(
+    ("experiments", "default_key", "message"),
+    [
+        ([{"key": "split", "variants": [{"key": "auto", "backend": "embedded"}]}], "default", "reserved"),
+        ([{"key": "split", "variants": [{"key": "split", "backend": "embedded"}]}], "default", "also an experiment key"),
+        ([{"key": "split", "variants": [{"key": "default", "backend": "embedded"}]}], "default", "default_variant key"),
+        ([], "auto", "reserved"),
+    ],
+)
+def test_clashing_model_names_rejected(experiments: list[dict], default_key: str, message: str) -> None:
+    document = {"experiments": experiments, "default_variant": {"key": default_key, "backend": "embedded"}}
+    with pytest.raises(ValidationError, match=message):
+        ExperimentsFile.model_validate(document)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from shared.bus import EventPublisher, make_broker
 from shared.events import (
+    CancelledPayload,
     AcceptedPayload,
     ChatMessage,
     CompletedPayload,
@@ -127,6 +128,9 @@ def _mixed_traffic(tenant: str, start: datetime) -> Timeline:
     timeline.add("failed", EventType.FAILED, failure, 90)
     timeline.accepted("expired")
     timeline.add("expired", EventType.EXPIRED, ExpiredPayload(stage="safety", deadline=start), 20)
+    timeline.accepted("cancelled")
+    timeline.screened("cancelled", 10)
+    timeline.add("cancelled", EventType.CANCELLED, CancelledPayload(stage="ingress", reason="client_request"), 30)
     timeline.accepted("running")
     timeline.screened("running", 10)
     return timeline
@@ -165,12 +169,13 @@ async def test_summary_counts_each_outcome(broker: NatsBroker, nats_client: Nats
 
     summary = await summary_report(store, traffic.tenant)
 
-    assert summary.requests == 8
+    assert summary.requests == 9
     assert summary.completed == 3
     assert summary.blocked_by == {"BanSubstrings": 1, "Regex": 1}
     assert summary.failed == 1
     assert summary.failed_by == {"backend_error": 1}
     assert summary.expired == 1
+    assert summary.cancelled == 1
     assert summary.in_progress == 1
 
 

@@ -30,6 +30,7 @@ def summary_table(summary: TrafficSummary, title: str) -> Table:
     for error_code, count in sorted(summary.failed_by.items()):
         table.add_row(f"  failed: {error_code}", str(count))
     table.add_row("expired", str(summary.expired))
+    table.add_row("cancelled", str(summary.cancelled))
     if summary.in_progress:
         table.add_row("in progress", str(summary.in_progress))
     _latency_row(table, "TTFT", summary.ttft)

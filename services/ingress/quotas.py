@@ -39,8 +39,8 @@ UNSET_MAX_NEW_TOKENS_CHARGE = 128
 
 # KEYS[1]: the key's quota hash. ARGV[1], ARGV[2]: requests and tokens per
 # minute, 0 for unlimited. ARGV[3]: the request's token charge.
-# Returns 0 when the request was charged, else the milliseconds until both
-# buckets hold enough. Each bucket stores its level and the time of that
+# Returns {0, 0} when the request was charged, else {the milliseconds until
+# both buckets hold enough, the exceeded limits: 1 requests plus 2 tokens}. Each bucket stores its level and the time of that
 # level in ms. A bucket refills completely within 60 s, so the hash expires
 # 60 s after the last charge: a missing hash means full buckets.
 _CHARGE_SCRIPT = """
@@ -51,6 +51,7 @@ local costs = {1, tonumber(ARGV[3])}
 local fields = {'requests', 'tokens'}
 local levels = {}
 local wait_ms = 0
+local exceeded = 0
 for i = 1, 2 do
   if limits[i] > 0 then
     local stored = redis.call('HMGET', KEYS[1], fields[i], fields[i] .. '_ms')
@@ -62,11 +63,12 @@ for i = 1, 2 do
     levels[i] = level
     if level < costs[i] then
       wait_ms = math.max(wait_ms, math.ceil((costs[i] - level) * 60000 / limits[i]))
+      exceeded = exceeded + i
     end
   end
 end
 if wait_ms > 0 then
-  return wait_ms
+  return {wait_ms, exceeded}
 end
 for i = 1, 2 do
   if limits[i] > 0 then
@@ -74,7 +76,7 @@ for i = 1, 2 do
   end
 end
 redis.call('PEXPIRE', KEYS[1], 60000)
-return 0
+return {0, 0}
 """
 
 
@@ -117,25 +119,32 @@ class QuotaLimiter:
                 retry_after_s=None,
             )
         arguments = [key.requests_per_minute or 0, key.tokens_per_minute or 0, tokens]
-        wait_ms = int(await self._charge(keys=[quota_key(key.key_id)], args=arguments))
-        if wait_ms > 0:
-            self._reject(key, tokens, wait_ms)
+        wait_ms, exceeded = await self._charge(keys=[quota_key(key.key_id)], args=arguments)
+        if int(wait_ms) > 0:
+            self._reject(key, tokens, int(wait_ms), int(exceeded))
 
-    def _reject(self, key: ApiKeyRecord, tokens: int, wait_ms: int) -> None:
+    def _reject(self, key: ApiKeyRecord, tokens: int, wait_ms: int, exceeded: int) -> None:
         retry_after_s = math.ceil(wait_ms / 1000)
+        limits = _exceeded_limits_text(key, exceeded)
         log.info("quota_exceeded", key_id=key.key_id, tenant=key.tenant, tokens=tokens, retry_after_s=retry_after_s)
         raise QuotaExceededError(
             "rate_limit_exceeded",
-            f"API key {key.key_id} has used its quota of {_limits_text(key)}; "
+            f"API key {key.key_id} has used its quota of {limits}; "
             f"retry after {retry_after_s} s (the Retry-After header)",
             retry_after_s=retry_after_s,
         )
 
 
-def _limits_text(key: ApiKeyRecord) -> str:
+# The charge script reports the limits a request exceeded as the sum of these bits.
+_REQUESTS_EXCEEDED = 1
+_TOKENS_EXCEEDED = 2
+
+
+def _exceeded_limits_text(key: ApiKeyRecord, exceeded: int) -> str:
+    """Name the limits in the script's `exceeded` bits, for example "60 requests per minute"."""
     limits = []
-    if key.requests_per_minute is not None:
+    if exceeded & _REQUESTS_EXCEEDED:
         limits.append(f"{key.requests_per_minute} requests per minute")
-    if key.tokens_per_minute is not None:
+    if exceeded & _TOKENS_EXCEEDED:
         limits.append(f"{key.tokens_per_minute} tokens per minute")
     return " and ".join(limits)

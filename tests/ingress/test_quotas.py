@@ -118,7 +118,7 @@ def test_token_quota_returns_429(ingress: str, ingress_nats_url: str, redis_url:
 
 
 def test_request_quota_returns_429(ingress: str, ingress_nats_url: str) -> None:
-    key = create_key(ingress_nats_url, new_tenant(), "--requests-per-minute", "2")
+    key = create_key(ingress_nats_url, new_tenant(), "--requests-per-minute", "2", "--tokens-per-minute", "10000")
 
     with httpx.Client(base_url=ingress, headers=bearer(key.plain_key), timeout=10.0) as http:
         statuses = [http.post("/v1/requests", json=body(max_new_tokens=8)).status_code for _ in range(2)]
@@ -128,6 +128,8 @@ def test_request_quota_returns_429(ingress: str, ingress_nats_url: str) -> None:
     assert refused.status_code == 429, refused.text
     # One request wanted, none left, refilled at 2 per minute: 30 s, less the time since the last charge.
     assert 29 <= int(refused.headers["Retry-After"]) <= 30
+    # The message names the limit that was reached, not the token limit that still has room.
+    assert "quota of 2 requests per minute;" in refused.json()["error"]["message"]
 
 
 def test_request_over_token_limit_returns_429(ingress: str, ingress_nats_url: str) -> None:
