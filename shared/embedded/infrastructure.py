@@ -66,9 +66,16 @@ def check_port_free(host: str, port: int, setting: str) -> None:
             ) from error
 
 
-def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], name: str, log_path: Path) -> None:
-    """Wait until `port` accepts connections, raising if `process` exits first or the wait times out."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_for_port(
+    host: str,
+    port: int,
+    process: subprocess.Popen[bytes],
+    name: str,
+    log_path: Path,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> None:
+    """Wait until `port` accepts connections, raising if `process` exits first or `timeout_s` seconds pass."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise InfrastructureError(f"{name} exited with code {process.returncode} during start; see {log_path}")
@@ -77,7 +84,7 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], name: 
                 return
         except OSError:
             time.sleep(_POLL_INTERVAL_S)
-    raise InfrastructureError(f"{name} did not listen on {host}:{port} within {READY_TIMEOUT_S} s; see {log_path}")
+    raise InfrastructureError(f"{name} did not listen on {host}:{port} within {timeout_s} s; see {log_path}")
 
 
 _PR_SET_PDEATHSIG = 1

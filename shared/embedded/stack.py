@@ -233,7 +233,10 @@ class EmbeddedStack:
     def _start_model_server(self) -> None:
         managed = self._spawn_service("model_server")
         managed.port = self.settings.model_server_port
-        wait_for_port(self.settings.host, managed.port, managed.process, "model_server", managed.log_path)
+        # The model server imports torch and loads the model before it listens, as slowly as the services start.
+        wait_for_port(
+            self.settings.host, managed.port, managed.process, "model_server", managed.log_path, SERVICE_READY_TIMEOUT_S
+        )
         self._wait_for_http(f"{self.settings.resolved_model_server_url}/health", "model_server")
 
     def _wait_for_http(self, url: str, name: str) -> None:
