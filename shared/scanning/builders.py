@@ -14,19 +14,35 @@ and tiktoken construction errors become `PolicyError`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from shared.scanning.chain import PolicyScanner, ScanFunction, ScannerChain
 from shared.scanning.errors import PolicyError
-from shared.scanning.policy import BanSubstringsSpec, Policy, RegexSpec, ScannerSpec, SecretsSpec, TokenLimitSpec
+from shared.scanning.policy import (
+    BanSubstringsSpec,
+    PiiSpec,
+    Policy,
+    PromptClassifierSpec,
+    PromptInjectionSpec,
+    RegexSpec,
+    ScannerSpec,
+    SecretsSpec,
+    TokenLimitSpec,
+    ToxicitySpec,
+)
 
 Section = Literal["input", "output"]
 
 _DEFAULT_REASONS = {
     "InvisibleText": "the text contains invisible Unicode characters (format, private-use or unassigned code points)",
     "Secrets": "the text contains a secret such as an API key, a token or a private key",
+    "PII": "the text contains personal data or an API key that the policy blocks",
     "BanSubstrings": "the text contains a banned substring",
     "Regex": "the text matches a banned pattern",
+    "PromptClassifier": "the prompt reads as a prompt injection, a jailbreak or a harmful request",
+    "PromptInjection": "the prompt reads as a prompt injection",
+    "Toxicity": "the text reads as toxic",
     "NoRefusalLight": "the output reads as a refusal",
 }
 
@@ -39,6 +55,45 @@ def build_input_chain(policy: Policy) -> ScannerChain:
 def build_output_chain(policy: Policy) -> ScannerChain:
     """Build the output scanners of `policy`; raises `PolicyError` when one cannot be built."""
     return _build_chain(policy, "output")
+
+
+class ChainsByProfile:
+    """One section's chain for each tenant and route that the policy overrides, built once per policy.
+
+    Profiles with the same scanner list share one chain.
+    """
+
+    def __init__(self, policy: Policy, section: Section) -> None:
+        """Build every chain; raises `PolicyError` when a scanner cannot be built."""
+        self._policy = policy
+        by_specs: dict[tuple[str, ...], ScannerChain] = {}
+        self._chains: dict[tuple[str | None, str | None], ScannerChain] = {}
+        for tenant, route in policy.profiles():
+            resolved = policy.resolve(tenant, route)
+            specs = resolved.input if section == "input" else resolved.output
+            key = tuple(spec.model_dump_json() for spec in specs)
+            if key not in by_specs:
+                by_specs[key] = _build_chain(resolved, section)
+            self._chains[(tenant, route)] = by_specs[key]
+
+    @property
+    def default(self) -> ScannerChain:
+        """The chain of requests that no override applies to."""
+        return self._chains[(None, None)]
+
+    def for_request(self, tenant: str | None, route: str | None) -> ScannerChain:
+        """Return the chain for a request of `tenant` on `route` (None when the route is not known)."""
+        return self._chains[self._policy.profile(tenant, route)]
+
+
+def build_input_chains(policy: Policy) -> ChainsByProfile:
+    """Build the prompt scanners of every tenant and route profile; raises `PolicyError` when one cannot be built."""
+    return ChainsByProfile(policy, "input")
+
+
+def build_output_chains(policy: Policy) -> ChainsByProfile:
+    """Build the output scanners of every tenant and route profile; raises `PolicyError` when one cannot be built."""
+    return ChainsByProfile(policy, "output")
 
 
 def _build_chain(policy: Policy, section: Section) -> ScannerChain:
@@ -71,11 +126,22 @@ def _construct(section: Section, spec: ScannerSpec) -> ScanFunction:
     # Importing the package imports every scanner module: this is the slow step.
     from llm_guard import input_scanners, output_scanners
 
+    from shared.scanning.pii import PiiScanner
     from shared.scanning.secrets import SecretsScanner
 
     options: dict[str, Any] = spec.options.model_dump()
     if isinstance(spec, SecretsSpec):
         return SecretsScanner(**options).scan
+    if isinstance(spec, PiiSpec):
+        return PiiScanner(spec.options.entities, phone_regions=spec.options.phone_regions).scan
+    if isinstance(spec, PromptClassifierSpec):
+        from shared.scanning.classifier import PromptClassifier
+
+        return PromptClassifier(thresholds=spec.options.thresholds, cascade=spec.options.cascade).scan
+    if isinstance(spec, PromptInjectionSpec | ToxicitySpec):
+        from shared.scanning.local_models import build_local_model_scanner
+
+        return build_local_model_scanner(spec.type, Path(spec.options.model_dir), spec.options.threshold)
     if section == "input":
         return getattr(input_scanners, spec.type)(**options).scan  # type: ignore[no-any-return]
 

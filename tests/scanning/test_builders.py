@@ -14,7 +14,16 @@ def test_shipped_policy_builds() -> None:
     input_chain = build_input_chain(policy)
     output_chain = build_output_chain(policy)
 
-    assert input_chain.names == ("InvisibleText", "Secrets", "BanSubstrings", "PrivateKey", "TokenLimit")
+    assert input_chain.names == (
+        "InvisibleText",
+        "Secrets",
+        "PII",
+        "BanSubstrings",
+        "PrivateKey",
+        "TokenLimit",
+        "InjectionClassifier",
+        "HarmfulRequestClassifier",
+    )
     assert output_chain.streaming().names == ("BanSubstrings", "PrivateKey", "AwsAccessKey")
     # "EICAR-STANDARD-ANTIVIRUS" is the longest banned output substring.
     assert output_chain.holdback_chars == 24

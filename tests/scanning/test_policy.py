@@ -20,7 +20,16 @@ def _error_of(data: object) -> str:
 def test_shipped_policy_loads() -> None:
     policy = load_policy(Settings().policy_file)
 
-    assert [spec.label for spec in policy.input] == ["InvisibleText", "Secrets", "BanSubstrings", "PrivateKey", "TokenLimit"]
+    assert [spec.label for spec in policy.input] == [
+        "InvisibleText",
+        "Secrets",
+        "PII",
+        "BanSubstrings",
+        "PrivateKey",
+        "TokenLimit",
+        "InjectionClassifier",
+        "HarmfulRequestClassifier",
+    ]
     assert [spec.label for spec in policy.output] == ["BanSubstrings", "PrivateKey", "AwsAccessKey", "NoRefusalLight"]
     assert policy.output[-1].action == "flag"
 
@@ -61,11 +70,11 @@ def test_invalid_yaml_names_file(tmp_path: Path) -> None:
 
 
 def test_unknown_type_lists_allowed() -> None:
-    message = _error_of({"input": [{"type": "Secrets"}, {"type": "PromptInjection"}]})
+    message = _error_of({"input": [{"type": "Secrets"}, {"type": "Language"}]})
 
     assert "policy file policy.yaml is invalid" in message
     assert "input[1]:" in message
-    assert "'PromptInjection'" in message
+    assert "'Language'" in message
     assert "'TokenLimit'" in message
 
 
