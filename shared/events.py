@@ -36,6 +36,8 @@ class EventType(str, enum.Enum):
     FAILED = "request.failed"
     EXPIRED = "request.expired"
     CANCELLED = "request.cancelled"
+    # One row of a `sluice safety eval` run; its request_id is the run's id, not a request's.
+    SAFETY_EVALUATED = "safety.evaluated"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
     END = "generation.end"
@@ -188,6 +190,10 @@ class ModeratedPayload(_Model):
     scanners: list[ScannerResult]
     blocked_by: str | None = None
     reason: str | None = None
+    # True when a refusal scanner (NoRefusalLight) found the whole output to
+    # read as a refusal, recorded for metrics. False for an output blocked while
+    # streaming, because refusal scanners read only the whole output.
+    refusal: bool = False
 
 
 class DeliveredPayload(_Model):
@@ -238,6 +244,33 @@ class EndPayload(_Model):
     error_message: str | None = None
 
 
+class SafetyEvaluatedPayload(_Model):
+    """The scores of one scanner on one labelled prompt set in a `sluice safety eval` run.
+
+    A positive is a prompt labelled as an attack (injection, jailbreak or
+    harmful), a negative one labelled benign. A rate is None when its
+    denominator is 0, as for the false-positive rate of a set of attacks only.
+    """
+
+    # The scanner's name in the policy, or "whole chain" for the whole input chain.
+    scanner: str
+    # The scanner set: "sluice" (the policy as configured) or "rule-based baseline" (llm-guard's rule-based scanners alone).
+    scanner_set: str
+    # The prompt file's name without ".jsonl", or "all" for every file together.
+    dataset: str
+    # "held-out" when only the classifier's held-out split was scanned, else "all".
+    split: str
+    positives: int
+    negatives: int
+    true_positives: int
+    false_positives: int
+    detection_rate: float | None
+    false_positive_rate: float | None
+    precision: float | None
+    f1: float | None
+    latency: LatencyPercentiles
+
+
 PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.ACCEPTED: AcceptedPayload,
     EventType.SCREENED: ScreenedPayload,
@@ -249,6 +282,7 @@ PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.FAILED: FailedPayload,
     EventType.EXPIRED: ExpiredPayload,
     EventType.CANCELLED: CancelledPayload,
+    EventType.SAFETY_EVALUATED: SafetyEvaluatedPayload,
     EventType.CHUNK: ChunkPayload,
     EventType.END: EndPayload,
 }
@@ -272,6 +306,9 @@ class Envelope(_Model):
     `deadline` is when the request stops being worth working on: a stage that
     receives it later publishes `request.expired` instead of doing the work.
     `trace` carries W3C trace context (`traceparent`, `tracestate`) when set.
+    `route` is the HTTP route that accepted the request, such as
+    "/v1/chat/completions", which selects the policy's route overrides; None
+    for a request that no HTTP route accepted.
     """
 
     event_id: str
@@ -282,6 +319,7 @@ class Envelope(_Model):
     ts: datetime
     deadline: datetime | None = None
     trace: dict[str, str] = Field(default_factory=dict)
+    route: str | None = None
     payload: dict[str, Any]
 
     def parsed_payload(self) -> Any:
@@ -292,7 +330,7 @@ class Envelope(_Model):
         return self.deadline is not None and (now or utc_now()) >= self.deadline
 
     def follow_up(self, event_type: EventType, payload: _Model, *, attempt: int = 0, seq: int = 0) -> Envelope:
-        """Build the next event of the same request, keeping tenant, deadline and trace context."""
+        """Build the next event of the same request, keeping tenant, deadline, trace context and route."""
         return Envelope(
             event_id=derive_event_id(self.tenant, self.request_id, event_type, attempt, seq),
             type=event_type,
@@ -301,6 +339,7 @@ class Envelope(_Model):
             ts=utc_now(),
             deadline=self.deadline,
             trace=dict(self.trace),
+            route=self.route,
             payload=payload.model_dump(mode="json"),
         )
 
@@ -313,6 +352,7 @@ def new_envelope(
     payload: _Model,
     deadline: datetime | None = None,
     trace: dict[str, str] | None = None,
+    route: str | None = None,
 ) -> Envelope:
     """Build the first event of a request."""
     return Envelope(
@@ -323,6 +363,7 @@ def new_envelope(
         ts=utc_now(),
         deadline=deadline,
         trace=trace or {},
+        route=route,
         payload=payload.model_dump(mode="json"),
     )
 

@@ -102,9 +102,18 @@ class RequestAcceptor:
         self._request_timeout = timedelta(seconds=request_timeout_s)
 
     async def accept(
-        self, tenant: str, spec: RequestSpec, *, idempotency_key: str | None = None, trace: dict[str, str] | None = None
+        self,
+        tenant: str,
+        spec: RequestSpec,
+        *,
+        idempotency_key: str | None = None,
+        trace: dict[str, str] | None = None,
+        route: str | None = None,
     ) -> Acceptance:
         """Publish `request.accepted` for `spec` and return its request id.
+
+        `route` is the HTTP route that accepted the request; the envelope
+        carries it so that every stage applies that route's policy.
 
         Raises `PromptTooLargeError` (413), `QuotaExceededError` (429),
         `IdempotencyKeyReusedError` (422), `IdempotencyKeyInUseError` (409),
@@ -119,7 +128,7 @@ class RequestAcceptor:
             if earlier is not None:
                 return Acceptance(earlier.request_id, repeated=True)
 
-        envelope = self._envelope(tenant, record.request_id, spec, size, idempotency_key, trace or {})
+        envelope = self._envelope(tenant, record.request_id, spec, size, idempotency_key, trace or {}, route)
         await self._record_and_publish(envelope, idempotency_key)
 
         if idempotency_key is not None:
@@ -169,12 +178,25 @@ class RequestAcceptor:
         return earlier
 
     def _envelope(
-        self, tenant: str, request_id: str, spec: RequestSpec, size: int, key: str | None, trace: dict[str, str]
+        self,
+        tenant: str,
+        request_id: str,
+        spec: RequestSpec,
+        size: int,
+        key: str | None,
+        trace: dict[str, str],
+        route: str | None,
     ) -> Envelope:
         payload = AcceptedPayload(request=spec, prompt_chars=size, idempotency_key=key)
         deadline = utc_now() + self._request_timeout
         return new_envelope(
-            EventType.ACCEPTED, request_id=request_id, tenant=tenant, payload=payload, deadline=deadline, trace=trace
+            EventType.ACCEPTED,
+            request_id=request_id,
+            tenant=tenant,
+            payload=payload,
+            deadline=deadline,
+            trace=trace,
+            route=route,
         )
 
     async def _record_and_publish(self, envelope: Envelope, idempotency_key: str | None) -> None:

@@ -76,7 +76,7 @@ class CompletionServer:
         """Accept the request and return its response, streamed or whole; raises `OpenAIError` and `ApiError`."""
         spec = request_spec(body)
         trace = trace_context(request.headers.get("traceparent"), request.headers.get("tracestate"))
-        acceptance = await self._acceptor.accept(tenant, spec, trace=trace)
+        acceptance = await self._acceptor.accept(tenant, spec, trace=trace, route=request.url.path)
         request_id = acceptance.request_id
         log.info("request_accepted", request_id=request_id, tenant=tenant, api="openai", stream=body.stream, model=body.model)
 

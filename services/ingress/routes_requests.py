@@ -68,7 +68,9 @@ def requests_router(
             check_idempotency_key(idempotency_key)
         spec = body.to_spec()
         trace = trace_context(traceparent, tracestate)
-        acceptance = await acceptor.accept(tenant, spec, idempotency_key=idempotency_key, trace=trace)
+        acceptance = await acceptor.accept(
+            tenant, spec, idempotency_key=idempotency_key, trace=trace, route=request.url.path
+        )
         log.info("request_accepted", request_id=acceptance.request_id, tenant=tenant, repeated=acceptance.repeated)
         response = accepted_response(request, acceptance.request_id)
         return JSONResponse(response.model_dump(), status_code=202)

@@ -10,7 +10,7 @@ from services.safety.screening import Screener
 from shared.bus import EventPublisher, make_broker
 from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
 from shared.pulling import ConcurrentPuller
-from shared.scanning import Policy, build_input_chain, load_policy
+from shared.scanning import Policy, build_input_chains, load_policy
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import SAFETY_CONSUMER
@@ -33,7 +33,7 @@ def make_app(settings: Settings) -> FastStream:
     it started with. Raises `shared.scanning.PolicyError` when the policy file is invalid.
     """
     # Building the file's chain now names the file in any error and imports llm-guard before the service starts.
-    build_input_chain(load_policy(settings.policy_file))
+    build_input_chains(load_policy(settings.policy_file))
     # About 45 ms of CPU per rebuild of the shipped policy, so it runs in a worker thread.
     screener = WatchedConfig(POLICY_KEY, settings.policy_file, policy_parser(_build_screener), parse_in_thread=True)
     broker = make_broker(settings.resolved_nats_url)
@@ -45,6 +45,6 @@ def make_app(settings: Settings) -> FastStream:
 
 
 def _build_screener(policy: Policy) -> Screener:
-    input_chain = build_input_chain(policy)
-    log.info("input_scanners_built", scanners=list(input_chain.names))
-    return Screener(input_chain)
+    chains = build_input_chains(policy)
+    log.info("input_scanners_built", scanners=list(chains.default.names), profiles=len(policy.profiles()))
+    return Screener(chains)

@@ -15,6 +15,9 @@ from services.telemetry.puller import BatchPuller
 from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
 from services.telemetry.settings import TelemetrySettings
 from services.telemetry.store import EventStore
+from services.telemetry.text_storage import TextStorage
+from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
+from shared.scanning.pii import PiiDetector
 from shared.bus import make_broker
 from shared.service import build_app
 from shared.settings import Settings
@@ -35,6 +38,11 @@ class TelemetryService:
 
     def __init__(self, settings: Settings, tuning: TelemetrySettings, broker: NatsBroker) -> None:
         self._dsn = settings.resolved_clickhouse_dsn
+        # The policy's storage modes, watched like every other service's policy.
+        detector = PiiDetector()
+        self._text_storage = WatchedConfig(
+            POLICY_KEY, settings.policy_file, policy_parser(lambda policy: TextStorage(policy, detector))
+        )
         self._tuning = tuning
         self._broker = broker
         self._store: EventStore | None = None
@@ -58,6 +66,8 @@ class TelemetryService:
             raise
         log.info("store_opened", migrations_applied=applied)
         connection = await self._broker.connect()
+        # Before the first batch, so no event is stored before the policy is known.
+        await self._text_storage.start(connection.jetstream())
         self._queries = StoreQueryHandler(store, connection.max_payload - REPLY_HEADROOM_BYTES)
         self._puller = self._build_puller(store)
         await self._puller.start(connection)
@@ -67,6 +77,7 @@ class TelemetryService:
         if self._puller is not None:
             await self._puller.stop()
             self._puller = None
+        await self._text_storage.stop()
 
     async def close_store(self) -> None:
         """Close the store after the broker stopped; waits for a running ClickHouse call."""
@@ -82,7 +93,7 @@ class TelemetryService:
 
     def _build_puller(self, store: EventStore) -> BatchPuller:
         retry_delay = RetryDelay(self._tuning.retry_delay_initial_s, self._tuning.retry_delay_max_s)
-        writer = EventBatchWriter(store, retry_delay)
+        writer = EventBatchWriter(store, retry_delay, lambda: self._text_storage.current)
         return BatchPuller(
             TELEMETRY_CONSUMER,
             writer.store_batch,

@@ -13,7 +13,7 @@ was lost, so the store looks its event id up before inserting it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from services.telemetry.puller import delivery_count
 from services.telemetry.rows import EventRow, InvalidEvent, decode_event
 from services.telemetry.store import EventStore
+from services.telemetry.text_storage import TextStorage
 from shared.consuming import log_rejected
 from shared.store_client import StoreError
 
@@ -46,11 +47,18 @@ class RetryDelay:
 
 
 class EventBatchWriter:
-    """Stores one batch of JetStream messages at a time and settles every message of it."""
+    """Stores one batch of JetStream messages at a time and settles every message of it.
 
-    def __init__(self, store: EventStore, retry_delay: RetryDelay) -> None:
+    `text_storage` returns the storage modes of the policy in force, read
+    once per batch; None stores every text as it arrived.
+    """
+
+    def __init__(
+        self, store: EventStore, retry_delay: RetryDelay, text_storage: Callable[[], TextStorage] | None = None
+    ) -> None:
         self._store = store
         self._retry_delay = retry_delay
+        self._text_storage = text_storage
 
     async def store_batch(self, messages: list[Msg]) -> None:
         """Insert the batch's valid events and ack them, and terminate the invalid ones.
@@ -77,9 +85,10 @@ class EventBatchWriter:
 
     async def _decode_or_terminate(self, messages: list[Msg]) -> _DecodedBatch:
         batch = _DecodedBatch()
+        text_storage = self._text_storage() if self._text_storage is not None else None
         for message in messages:
             try:
-                row = decode_event(message.data)
+                row = decode_event(message.data, text_storage)
             except InvalidEvent as error:
                 await self._terminate(message, error)
                 continue

@@ -18,11 +18,23 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from services.telemetry.text_storage import TextStorage
 from shared.consuming import MalformedMessage, decode_message
 from shared.events import ACCEPTED_SCHEMA_VERSIONS, CURRENT_SCHEMA_VERSION, Envelope, EventType
 
 # The columns the service writes; `inserted_at` takes its default.
-EVENT_COLUMNS = ("event_id", "type", "schema_version", "request_id", "tenant", "ts", "deadline", "trace", "payload")
+EVENT_COLUMNS = (
+    "event_id",
+    "type",
+    "schema_version",
+    "request_id",
+    "tenant",
+    "route",
+    "ts",
+    "deadline",
+    "trace",
+    "payload",
+)
 
 # DateTime64's range in ClickHouse. A row outside it would fail the whole
 # batch's insert on every redelivery, so such an event is rejected alone.
@@ -64,6 +76,7 @@ class _StoredFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ts: datetime
     deadline: datetime | None = None
     trace: dict[str, str] = {}
+    route: str | None = None
     # Each value stays the JSON text it arrived as.
     payload: dict[str, msgspec.Raw]
 
@@ -72,23 +85,29 @@ _DECODER = msgspec.json.Decoder(_StoredFields)
 _ENCODER = msgspec.json.Encoder()
 
 
-def decode_event(data: bytes) -> EventRow:
-    """Parse one bus message into the row to store. Raises `InvalidEvent`."""
+def decode_event(data: bytes, text_storage: TextStorage | None = None) -> EventRow:
+    """Parse one bus message into the row to store. Raises `InvalidEvent`.
+
+    `text_storage` applies the policy's storage modes to the prompt and
+    output texts; None stores them as they arrived.
+    """
     try:
         fields = _DECODER.decode(data)
     except msgspec.MsgspecError:
-        return _row_from_envelope(_decode_envelope(data))
+        return _row_from_envelope(_decode_envelope(data), text_storage)
     if fields.schema_version not in ACCEPTED_SCHEMA_VERSIONS:
         # The pydantic path raises the error that names the versions this build reads.
-        return _row_from_envelope(_decode_envelope(data))
-    return _row(fields)
+        return _row_from_envelope(_decode_envelope(data), text_storage)
+    return _row(fields, text_storage)
 
 
-def _row(fields: _StoredFields) -> EventRow:
+def _row(fields: _StoredFields, text_storage: TextStorage | None) -> EventRow:
     fields.ts = _stored_moment("ts", fields.ts)
     if fields.deadline is not None:
         fields.deadline = _stored_moment("deadline", fields.deadline)
     fields.payload = _stored_payload(fields.payload, fields.type)
+    if text_storage is not None:
+        fields.payload = text_storage.apply(fields.type, fields.tenant, fields.route, fields.payload)
     return EventRow(fields.event_id, fields.tenant, fields.ts, _ENCODER.encode(fields))
 
 
@@ -105,7 +124,7 @@ def _decode_envelope(data: bytes) -> Envelope:
         raise InvalidEvent(str(error)) from error
 
 
-def _row_from_envelope(envelope: Envelope) -> EventRow:
+def _row_from_envelope(envelope: Envelope, text_storage: TextStorage | None) -> EventRow:
     # The struct does not check types when built directly, and the encoder
     # writes the payload's Python values as JSON.
     fields = _StoredFields(
@@ -117,9 +136,10 @@ def _row_from_envelope(envelope: Envelope) -> EventRow:
         ts=envelope.ts,
         deadline=envelope.deadline,
         trace=envelope.trace,
+        route=envelope.route,
         payload=envelope.payload,  # type: ignore[arg-type]
     )
-    return _row(fields)
+    return _row(fields, text_storage)
 
 
 def _stored_moment(field: str, moment: datetime) -> datetime:

@@ -26,8 +26,9 @@ from shared.subjects import EVENTS_STREAM, TELEMETRY_CONSUMER, event_subject
 EXACTLY_ONCE_COUNT = "SELECT count() FROM events FINAL WHERE tenant = {tenant:String}"
 RAW_COUNT = "SELECT count() FROM events WHERE tenant = {tenant:String}"
 
-# Long enough for several fetch timeouts (0.1 s in tests) and retry delays.
-WAIT_S = 10.0
+# Long enough for several fetch timeouts (0.1 s in tests) and retry delays,
+# also on a loaded two-core machine. The checks poll, so a pass returns sooner.
+WAIT_S = 30.0
 
 
 @pytest.fixture
@@ -118,9 +119,10 @@ async def test_late_copy_not_inserted(broker: NatsBroker, store_client: Client) 
 
     with capture_logs() as logs:
         await _publish_copy(broker, envelope)
-        assert await _eventually(lambda: _logged(logs, "event_batch_stored"))
+        # On a loaded machine the first batch's log line may land in this capture too, so wait for the copy's.
+        assert await _eventually(lambda: _logged_duplicate(logs))
 
-    assert [entry["duplicates"] for entry in logs if entry["event"] == "event_batch_stored"] == [1]
+    assert [entry["duplicates"] for entry in logs if entry["event"] == "event_batch_stored"][-1] == 1
     assert await _count(store_client, RAW_COUNT, tenant) == 1
 
 
@@ -141,8 +143,8 @@ async def test_malformed_message_terminated(
     rejected = [entry for entry in logs if entry["event"] == "message_rejected"]
     assert len(rejected) == 1
     assert "json_invalid" in rejected[0]["error"]
-    info = await jetstream.consumer_info(EVENTS_STREAM, TELEMETRY_CONSUMER.durable)
-    assert info.num_ack_pending == 0
+    # nats-server applies acks asynchronously, so the count is polled.
+    assert await _eventually(lambda: _all_acked(jetstream))
 
 
 @pytest.mark.nats
@@ -161,8 +163,9 @@ async def test_failed_insert_leaves_unacked(
     info = await jetstream.consumer_info(EVENTS_STREAM, TELEMETRY_CONSUMER.durable)
     assert info.num_ack_pending >= 3
     assert any(entry["event"] == "event_batch_store_failed" for entry in logs)
-    for statement in load_migrations()[0].statements:
-        store_client.command(statement)
+    for migration in load_migrations():
+        for statement in migration.statements:
+            store_client.command(statement)
     assert await _eventually(lambda: _stored(store_client, tenant, 3))
     assert await _eventually(lambda: _all_acked(jetstream))
 
@@ -171,8 +174,8 @@ async def _stored(client: Client, tenant: str, expected: int) -> bool:
     return await _count(client, EXACTLY_ONCE_COUNT, tenant) == expected
 
 
-async def _logged(logs: list[dict], event: str) -> bool:
-    return any(entry["event"] == event for entry in logs)
+async def _logged_duplicate(logs: list[dict]) -> bool:
+    return any(entry["event"] == "event_batch_stored" and entry["duplicates"] == 1 for entry in logs)
 
 
 async def _redelivered(jetstream: JetStreamContext) -> bool:

@@ -41,6 +41,7 @@ def _row(envelope: Envelope) -> list:
         envelope.schema_version,
         envelope.request_id,
         envelope.tenant,
+        envelope.route,
         envelope.ts,
         envelope.deadline,
         envelope.trace,

@@ -45,7 +45,7 @@ def test_second_apply_changes_nothing(client: Client) -> None:
     applied_again = apply_migrations(client, load_migrations())
 
     assert applied_again == []
-    recorded = client.query("SELECT version FROM schema_migrations").result_rows
+    recorded = client.query("SELECT version FROM schema_migrations ORDER BY version").result_rows
     assert recorded == [(migration.version,) for migration in load_migrations()]
 
 
