@@ -20,6 +20,8 @@ from shared.settings import REPO_ROOT
 BENCHMARKS = (
     "bench_bus",
     "bench_screening",
+    "bench_safety_eval",
+    "bench_moderation",
     "bench_telemetry",
     "bench_sluice_vs_direct",
     "bench_pipeline",

@@ -17,6 +17,7 @@ from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.keys import keys_app
+from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.settings import get_settings
@@ -25,6 +26,7 @@ from shared.summary import TrafficSummary
 app = typer.Typer(help="Sluice: an LLM serving pipeline. `sluice up` starts it; the other commands use it.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(safety_app, name="safety")
 console = Console()
 errors = Console(stderr=True)
 

@@ -60,10 +60,11 @@ def make_app(settings: Settings) -> FastStream:
 
 
 def _build_scanners(policy: Policy) -> OutputScanners:
-    scanners = OutputScanners.build(build_output_chain(policy))
+    scanners = OutputScanners.from_policy(policy)
     log.info(
         "output_scanners_built",
         scanners=list(scanners.full_chain.names),
         holdback_chars=scanners.holdback.holdback_chars,
+        refusal_scanners=sorted(scanners.refusal_scanners),
     )
     return scanners

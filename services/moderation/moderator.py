@@ -274,7 +274,11 @@ class Moderator:
             "usage": usage.model_dump(),
         }
         moderated = ModeratedPayload(
-            verdict=Verdict.BLOCKED, scanners=list(verdict.results), blocked_by=verdict.blocked_by, reason=verdict.reason
+            verdict=Verdict.BLOCKED,
+            scanners=list(verdict.results),
+            blocked_by=verdict.blocked_by,
+            reason=verdict.reason,
+            refusal=_scanners_of(stream).is_refusal(verdict),
         )
         # NOTE: an output blocked while streaming reports zero usage, because
         # inference reports usage only in generation.end.
@@ -283,7 +287,8 @@ class Moderator:
     def _completed(self, stream: OutputStream, verdict: ChainResult, end: EndPayload) -> Closing:
         self._log_verdict(stream, verdict)
         final = {"status": "completed", "finish_reason": end.finish_reason, "usage": end.usage.model_dump()}
-        moderated = ModeratedPayload(verdict=Verdict.PASSED, scanners=list(verdict.results))
+        refusal = _scanners_of(stream).is_refusal(verdict)
+        moderated = ModeratedPayload(verdict=Verdict.PASSED, scanners=list(verdict.results), refusal=refusal)
         return Closing(
             final=final,
             release_tail=True,
@@ -309,6 +314,7 @@ class Moderator:
             verdict=Verdict.BLOCKED.value if verdict.blocked else Verdict.PASSED.value,
             blocked_by=verdict.blocked_by,
             flagged=list(verdict.flagged),
+            refusal=_scanners_of(stream).is_refusal(verdict),
             released_chars=stream.released_chars,
             duration_ms=round(verdict.duration_ms, 2),
         )

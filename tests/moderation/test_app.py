@@ -124,3 +124,16 @@ async def test_long_stream_keeps_order(jetstream: JetStreamContext, release_log:
     assert delivered.text == "".join(words)
     chunks = await released_chunks(release_log, request_id)
     assert [entry["seq"] for entry in chunks] == list(range(len(chunks)))
+
+
+async def test_refusal_recorded_not_blocked(jetstream: JetStreamContext) -> None:
+    request_id = new_request_id()
+
+    await _generate(jetstream, request_id, ["I'm sorry, but ", "I cannot help with that."])
+    moderated = (await wait_for_event(jetstream, EventType.MODERATED, request_id, WAIT_S)).parsed_payload()
+    delivered = (await wait_for_event(jetstream, EventType.DELIVERED, request_id, WAIT_S)).parsed_payload()
+
+    assert moderated.verdict is Verdict.PASSED
+    assert moderated.refusal is True
+    assert delivered.finish_reason == "eos_token"
+    assert delivered.text == "I'm sorry, but I cannot help with that."

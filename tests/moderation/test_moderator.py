@@ -64,7 +64,7 @@ async def release_log(redis_url: str) -> AsyncIterator[ReleaseLog]:
 
 
 def _scanners(output_chain: ScannerChain) -> Callable[[], OutputScanners]:
-    scanners = OutputScanners.build(output_chain)
+    scanners = OutputScanners.build(output_chain, refusal_scanners=frozenset({"NoRefusalLight"}))
     return lambda: scanners
 
 
@@ -121,6 +121,7 @@ async def test_clean_output_events_published(moderator: Moderator, jetstream: Je
     moderated = events[EventType.MODERATED][0].parsed_payload()
     delivered = events[EventType.DELIVERED][0].parsed_payload()
     assert moderated.verdict is Verdict.PASSED
+    assert moderated.refusal is False
     assert [result.scanner for result in moderated.scanners] == ["BanSubstrings", "AwsAccessKey", "NoRefusalLight"]
     assert delivered.text == "".join(CLEAN_OUTPUT)
     assert delivered.chunks == len(await released_chunks(release_log, request_id))
@@ -264,6 +265,7 @@ async def test_refusal_flagged_not_blocked(moderator: Moderator, jetstream: JetS
 
     moderated = (await events_of(jetstream, request_id))[EventType.MODERATED][0].parsed_payload()
     assert moderated.verdict is Verdict.PASSED
+    assert moderated.refusal is True
     assert [result.scanner for result in moderated.scanners if not result.valid] == ["NoRefusalLight"]
     final = await final_entry(release_log, request_id)
     assert final is not None
