@@ -7,7 +7,7 @@ import structlog
 from faststream import FastStream
 
 from services.moderation.handler import ChunkHandler
-from services.moderation.holdback import OutputScanners
+from services.moderation.holdback import OutputPolicy
 from services.moderation.moderator import Moderator
 from services.moderation.sink import OutputSink
 from services.moderation.stream import StreamTable
@@ -15,7 +15,7 @@ from shared.bus import EventPublisher, make_broker
 from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
 from shared.pulling import BatchPuller, one_at_a_time
 from shared.release_log import ReleaseLog
-from shared.scanning import Policy, build_output_chain, load_policy
+from shared.scanning import Policy, load_policy
 from shared.service import build_app
 from shared.settings import Settings
 from shared.subjects import MODERATION_CONSUMER
@@ -43,8 +43,8 @@ def make_app(settings: Settings) -> FastStream:
     started with, and the outputs that start later use the new ones.
     Raises `shared.scanning.PolicyError` when the policy file is invalid.
     """
-    # Building the file's chain now names the file in any error and imports llm-guard before the service starts.
-    build_output_chain(load_policy(settings.policy_file))
+    # Building the file's scanners now names the file in any error and imports llm-guard before the service starts.
+    OutputPolicy(load_policy(settings.policy_file))
     scanners = WatchedConfig(POLICY_KEY, settings.policy_file, policy_parser(_build_scanners), parse_in_thread=True)
     broker = make_broker(settings.resolved_nats_url)
     redis_client = redis.from_url(settings.resolved_redis_url)
@@ -59,12 +59,15 @@ def make_app(settings: Settings) -> FastStream:
     return build_app(SERVICE_NAME, broker, settings, pullers=[scanners, puller], on_shutdown=redis_client.aclose)
 
 
-def _build_scanners(policy: Policy) -> OutputScanners:
-    scanners = OutputScanners.from_policy(policy)
+def _build_scanners(policy: Policy) -> OutputPolicy:
+    output_policy = OutputPolicy(policy)
+    default = output_policy.default
     log.info(
         "output_scanners_built",
-        scanners=list(scanners.full_chain.names),
-        holdback_chars=scanners.holdback.holdback_chars,
-        refusal_scanners=sorted(scanners.refusal_scanners),
+        scanners=list(default.full_chain.names),
+        holdback_chars=default.holdback.holdback_chars,
+        refusal_scanners=sorted(default.refusal_scanners),
+        redacting_scanners=list(default.holdback.redactor_names),
+        profiles=len(policy.profiles()),
     )
-    return scanners
+    return output_policy

@@ -1,12 +1,14 @@
 """The streaming check: scan each new piece of output with enough context and hold back what a match could still reach.
 
-L (`holdback_chars`) is the longest text that a blocking BanSubstrings or
-Regex scanner can match, or the policy's `moderation.min_holdback_chars`
-when that is larger. After each chunk, the window of unreleased text
-plus the L characters before it is scanned, and everything except the last
-L characters is released. A banned string therefore never reaches the
+L (`holdback_chars`) is the longest text that a blocking BanSubstrings,
+Regex or PII scanner can match, `PII_MAX_MATCH_CHARS` when a PII entry
+redacts output, or the policy's `moderation.min_holdback_chars` when that
+is larger. After each chunk, the window of unreleased text plus the L
+characters before it is scanned, and everything except the last L
+characters is released. A banned string therefore never reaches the
 release log in part: it either lies in a window that is scanned before any
-of it is released, or it ends within the held tail.
+of it is released, or it ends within the held tail. Personal data in the
+window is redacted before release (see `services.moderation.redaction`).
 
 NOTE: the window edges look like text edges to the scanners, so a `word`
 match or a pattern with anchors or lookarounds can match at an edge where
@@ -15,10 +17,13 @@ the whole text would not. That blocks early but never releases banned text.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from services.moderation.redaction import OutputRedactor, plan_release, shifted
 from services.moderation.stream import OutputStream
-from shared.scanning import ChainResult, Policy, ScannerChain, build_output_chain
+from shared.scanning import ChainResult, Policy, ScannerChain, build_output_chains
+from shared.scanning.pii import PiiMatch
 
 # The llm-guard output scanner that detects refusals. Its verdict becomes the
 # `refusal` flag of `output.moderated`.
@@ -26,17 +31,20 @@ REFUSAL_SCANNER_TYPE = "NoRefusalLight"
 
 
 class Holdback:
-    """The output chain's streaming part and its holdback length.
+    """The output chain's streaming part, the redactor of personal data, and the holdback length.
 
     `min_holdback_chars` raises the holdback above the longest match of the
-    streaming scanners; it never lowers it.
+    streaming scanners and the redactor. It never lowers it.
     """
 
-    def __init__(self, output_chain: ScannerChain, min_holdback_chars: int = 0) -> None:
+    def __init__(
+        self, output_chain: ScannerChain, min_holdback_chars: int = 0, redactor: OutputRedactor | None = None
+    ) -> None:
         if min_holdback_chars < 0:
             raise ValueError(f"min_holdback_chars must be 0 or more, got {min_holdback_chars}")
         self._chain = output_chain.streaming()
-        self._holdback_chars = max(self._chain.holdback_chars, min_holdback_chars)
+        self._redactor = redactor if redactor is not None else OutputRedactor(())
+        self._holdback_chars = max(self._chain.holdback_chars, self._redactor.max_match_chars, min_holdback_chars)
 
     @property
     def holdback_chars(self) -> int:
@@ -47,13 +55,46 @@ class Holdback:
     def scanner_names(self) -> tuple[str, ...]:
         return self._chain.names
 
+    @property
+    def redactor_names(self) -> tuple[str, ...]:
+        """Labels of the `PII` entries that redact output before release."""
+        return self._redactor.names
+
     async def check(self, stream: OutputStream) -> ChainResult:
-        """Scan the unreleased text of `stream` with L characters of context; raises `ScannerFailed`."""
-        return await self._chain.scan_async(stream.scan_window(self.holdback_chars))
+        """Scan the unreleased text of `stream` with L characters of context, and settle what may be released.
+
+        When the verdict does not block, the stream may release all but its
+        last L characters, with personal data redacted. A match that runs
+        into the held tail is held back whole. Raises `ScannerFailed`.
+        """
+        window_start = stream.scan_start(self.holdback_chars)
+        verdict, matches = await asyncio.to_thread(self._inspect, stream.text[window_start:])
+        if not verdict.blocked:
+            _settle(stream, stream.holdback_cut(self.holdback_chars), shifted(matches, window_start))
+        return verdict
+
+    async def settle_at_end(self, stream: OutputStream) -> None:
+        """Redact the held tail once generation ended and the full check passed, so all of it may be released.
+
+        Raises `ScannerFailed`.
+        """
+        window_start = stream.scan_start(self.holdback_chars)
+        matches = await asyncio.to_thread(self._redactor.find, stream.text[window_start:])
+        _settle(stream, len(stream.text), shifted(matches, window_start))
 
     def releasable(self, stream: OutputStream) -> str:
-        """Return the text that can be released after a passing `check`: all but the last L characters."""
-        return stream.releasable(self.holdback_chars)
+        """Return the text that can be released after a passing `check`."""
+        return stream.releasable()
+
+    def _inspect(self, window: str) -> tuple[ChainResult, list[PiiMatch]]:
+        # Both run in one worker thread, so a chunk costs one thread hop.
+        return self._chain.scan(window), self._redactor.find(window)
+
+
+def _settle(stream: OutputStream, cut: int, matches: list[PiiMatch]) -> None:
+    plan = plan_release(stream.text, stream.released_chars, cut, matches)
+    stream.settle(plan.text, plan.release_end)
+    stream.redacted_count += plan.redacted_count
 
 
 @dataclass(frozen=True)
@@ -67,17 +108,50 @@ class OutputScanners:
 
     @classmethod
     def build(
-        cls, output_chain: ScannerChain, min_holdback_chars: int = 0, refusal_scanners: frozenset[str] = frozenset()
+        cls,
+        output_chain: ScannerChain,
+        min_holdback_chars: int = 0,
+        refusal_scanners: frozenset[str] = frozenset(),
+        redactor: OutputRedactor | None = None,
     ) -> OutputScanners:
-        holdback = Holdback(output_chain, min_holdback_chars)
+        holdback = Holdback(output_chain, min_holdback_chars, redactor)
         return cls(full_chain=output_chain, holdback=holdback, refusal_scanners=refusal_scanners)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> OutputScanners:
-        """Build the output chain of `policy` and its streaming part; raises `PolicyError`."""
-        refusal_scanners = frozenset(spec.label for spec in policy.output if spec.type == REFUSAL_SCANNER_TYPE)
-        return cls.build(build_output_chain(policy), policy.moderation.min_holdback_chars, refusal_scanners)
+        """Build the output scanners of requests that no override applies to; raises `PolicyError`."""
+        return OutputPolicy(policy).default
+
+    @classmethod
+    def from_resolved(cls, resolved: Policy, output_chain: ScannerChain) -> OutputScanners:
+        """Build the scanners of a policy without overrides (`Policy.resolve`) around its built output chain."""
+        refusal_scanners = frozenset(spec.label for spec in resolved.output if spec.type == REFUSAL_SCANNER_TYPE)
+        redactor = OutputRedactor(resolved.output)
+        return cls.build(output_chain, resolved.moderation.min_holdback_chars, refusal_scanners, redactor)
 
     def is_refusal(self, verdict: ChainResult) -> bool:
         """Return whether a refusal scanner found the text invalid in `verdict`."""
         return any(not result.valid for result in verdict.results if result.scanner in self.refusal_scanners)
+
+
+class OutputPolicy:
+    """The output scanners of each tenant and route profile of one policy, built once per policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        """Build the scanners of every profile; raises `PolicyError` when one cannot be built."""
+        self._policy = policy
+        # Profiles with the same output list share one built chain.
+        chains = build_output_chains(policy)
+        self._by_profile = {
+            (tenant, route): OutputScanners.from_resolved(policy.resolve(tenant, route), chains.for_request(tenant, route))
+            for tenant, route in policy.profiles()
+        }
+
+    @property
+    def default(self) -> OutputScanners:
+        """The scanners of requests that no override applies to."""
+        return self._by_profile[(None, None)]
+
+    def for_request(self, tenant: str | None, route: str | None) -> OutputScanners:
+        """Return the scanners for an output of `tenant` on `route` (None when no HTTP route accepted it)."""
+        return self._by_profile[self._policy.profile(tenant, route)]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
-from services.moderation.holdback import OutputScanners
+from services.moderation.holdback import OutputPolicy, OutputScanners
 from services.moderation.sink import OutputSink
 from services.moderation.stream import ChunkOrder, Closing, OutputStream, StreamTable
 from shared.cancellation import CANCELLED
@@ -68,19 +68,20 @@ class Moderator:
 
     Not safe for concurrent use, so the consumer must hand it one message at
     a time, in stream order. A failed write raises `DeliveryFailed`, after
-    which the message should be redelivered. `scanners` returns the scanners
-    of the policy in force; each stream reads it once, when it opens.
+    which the message should be redelivered. `policy` returns the output
+    policy in force. Each stream picks its scanners from it once, when it
+    opens, by the envelope's tenant and route.
     """
 
-    def __init__(self, scanners: Callable[[], OutputScanners], sink: OutputSink, table: StreamTable) -> None:
-        self._scanners = scanners
+    def __init__(self, policy: Callable[[], OutputPolicy], sink: OutputSink, table: StreamTable) -> None:
+        self._policy = policy
         self._sink = sink
         self._table = table
 
     @property
     def holdback_chars(self) -> int:
-        """The holdback of the policy in force, which streams opened from now on use."""
-        return self._scanners().holdback.holdback_chars
+        """The holdback of requests that no override applies to, in the policy in force."""
+        return self._policy().default.holdback.holdback_chars
 
     async def handle_chunk(self, envelope: Envelope, chunk: ChunkPayload, deliveries: int) -> Disposition:
         """Accept, check and release one chunk; `deliveries` counts JetStream deliveries of this message."""
@@ -165,9 +166,8 @@ class Moderator:
         return stream
 
     def _open(self, envelope: Envelope, attempt: int) -> OutputStream:
-        stream = OutputStream(
-            tenant=envelope.tenant, request_id=envelope.request_id, attempt=attempt, scanners=self._scanners()
-        )
+        scanners = self._policy().for_request(envelope.tenant, envelope.route)
+        stream = OutputStream(tenant=envelope.tenant, request_id=envelope.request_id, attempt=attempt, scanners=scanners)
         self._table.put(stream)
         return stream
 
@@ -188,8 +188,11 @@ class Moderator:
             # Inference publishes request.failed itself; the log only needs its final entry.
             message = end.error_message or f"generation failed with {end.error_code}"
             return Closing(final={"status": "failed", "error_code": end.error_code, "message": message})
+        scanners = _scanners_of(stream)
         try:
-            verdict = await _scanners_of(stream).full_chain.scan_async(stream.text)
+            verdict = await scanners.full_chain.scan_async(stream.text)
+            if not verdict.blocked:
+                await scanners.holdback.settle_at_end(stream)
         except ScannerFailed as error:
             return self._scanner_failure(stream, error)
         if verdict.blocked:
@@ -216,7 +219,7 @@ class Moderator:
             return
 
         if closing.release_tail:
-            await self._release(stream, stream.releasable(0))
+            await self._release(stream, stream.releasable())
         if closing.failed is None:
             # Events first: ingress updates the status record from them, so it
             # is usually terminal by the time a client reads the final entry.
@@ -316,6 +319,7 @@ class Moderator:
             flagged=list(verdict.flagged),
             refusal=_scanners_of(stream).is_refusal(verdict),
             released_chars=stream.released_chars,
+            redacted_count=stream.redacted_count,
             duration_ms=round(verdict.duration_ms, 2),
         )
 

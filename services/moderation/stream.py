@@ -51,11 +51,13 @@ class Closing:
 
 @dataclass
 class OutputStream:
-    """The raw output of one generation attempt and how much of it was released.
+    """The output of one generation attempt and how much of it was released.
 
     Chunk `seq` values start at 0 for each attempt. `text` contains every
-    accepted chunk; `text[:released_chars]` is what clients received, in
-    `released_chunks` release-log chunks.
+    accepted chunk, with the personal data that moderation redacted replaced
+    by placeholders up to `release_end` and raw after it.
+    `text[:released_chars]` is what clients received, in `released_chunks`
+    release-log chunks.
     """
 
     tenant: str
@@ -65,6 +67,10 @@ class OutputStream:
     next_chunk_seq: int = 0
     released_chars: int = 0
     released_chunks: int = 0
+    # End of the text that passed the check and may be released; at least `released_chars`.
+    release_end: int = 0
+    # Matches of personal data replaced by placeholders so far; a count only, never the values.
+    redacted_count: int = 0
     # Set when a later chunk arrived before `next_chunk_seq`; generation.end waits then.
     awaiting_missing_chunk: bool = False
     closing: Closing | None = None
@@ -95,18 +101,32 @@ class OutputStream:
         self.awaiting_missing_chunk = False
         return ChunkOrder.NEXT
 
+    def scan_start(self, holdback_chars: int) -> int:
+        """Return where the scan window starts: `holdback_chars` characters before the unreleased text."""
+        return max(0, self.released_chars - holdback_chars)
+
     def scan_window(self, holdback_chars: int) -> str:
         """Return the unreleased text plus the `holdback_chars` characters before it.
 
         A match of at most `holdback_chars` characters that overlaps the
         unreleased text lies entirely inside this window.
         """
-        return self.text[max(0, self.released_chars - holdback_chars) :]
+        return self.text[self.scan_start(holdback_chars) :]
 
-    def releasable(self, holdback_chars: int) -> str:
-        """Return the unreleased text except its last `holdback_chars` characters; may be empty."""
-        end = max(self.released_chars, len(self.text) - holdback_chars)
-        return self.text[self.released_chars : end]
+    def holdback_cut(self, holdback_chars: int) -> int:
+        """Return the end of the unreleased text except its last `holdback_chars` characters."""
+        return max(self.released_chars, len(self.text) - holdback_chars)
+
+    def settle(self, text: str, release_end: int) -> None:
+        """Replace the text after a passing check (with redactions applied) and allow release up to `release_end`."""
+        if text[: self.released_chars] != self.released_text or release_end < self.released_chars:
+            raise ValueError(f"stream of request {self.request_id}: a settled text must keep the released text")
+        self.text = text
+        self.release_end = release_end
+
+    def releasable(self) -> str:
+        """Return the text that passed the check and is not released yet; may be empty."""
+        return self.text[self.released_chars : self.release_end]
 
     def mark_released(self, piece: str) -> None:
         self.released_chars += len(piece)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from shared.scanning.chain import PolicyScanner, ScanFunction, ScannerChain
 from shared.scanning.errors import PolicyError
 from shared.scanning.policy import (
+    PII_MAX_MATCH_CHARS,
     BanSubstringsSpec,
     PiiSpec,
     Policy,
@@ -172,4 +173,6 @@ def _max_match_chars(spec: ScannerSpec) -> int | None:
         return max(len(substring) for substring in spec.options.substrings)
     if isinstance(spec, RegexSpec) and spec.options.is_blocked and spec.options.match_type != "fullmatch":
         return spec.max_match_chars
+    if isinstance(spec, PiiSpec):
+        return PII_MAX_MATCH_CHARS
     return None

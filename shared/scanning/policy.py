@@ -52,6 +52,16 @@ from shared.scanning.yaml_lines import line_of, load_with_nodes
 # read the whole match.
 DEFAULT_REGEX_MAX_MATCH_CHARS = 256
 
+# Moderation holds back this many characters of output for a PII entry, so
+# an entity split across chunks is redacted or blocked before any of it is
+# released. An email address has at most 254 characters (RFC 5321 limits
+# the path to 256 octets, angle brackets included), and phone numbers, card
+# numbers, IBANs and most API keys are far shorter. JWTs and `sk-` keys have
+# no fixed length. Moderation keeps holding such a key back while its
+# pattern matches the text so far, but a key that only starts to match
+# after its first 256 characters has that part released raw.
+PII_MAX_MATCH_CHARS = 256
+
 # An error line shows at most this much of the offending value, so that one
 # error stays one readable line even when the value is a long list.
 MAX_SHOWN_VALUE_CHARS = 80
@@ -253,7 +263,7 @@ InputScannerSpec = Annotated[
     | ToxicitySpec,
     Field(discriminator="type"),
 ]
-OutputScannerSpec = Annotated[BanSubstringsSpec | RegexSpec | NoRefusalLightSpec, Field(discriminator="type")]
+OutputScannerSpec = Annotated[BanSubstringsSpec | RegexSpec | PiiSpec | NoRefusalLightSpec, Field(discriminator="type")]
 ScannerSpec = (
     InvisibleTextSpec
     | SecretsSpec

@@ -84,3 +84,12 @@ async def events_of(jetstream: JetStreamContext, request_id: str) -> dict[EventT
         if envelope.request_id == request_id:
             found.setdefault(envelope.type, []).append(envelope)
     return found
+
+# The test policy plus a PII entry that redacts email addresses, and a
+# tenant whose output list has only that entry.
+REDACTING_TENANT = "globex"
+PII_ENTRY = {"type": "PII", "options": {"entities": {"EMAIL": "redact", "PHONE": "allow"}}}
+REDACTING_POLICY = {
+    **OUTPUT_POLICY,
+    "tenants": {REDACTING_TENANT: {"output": [PII_ENTRY]}},
+}

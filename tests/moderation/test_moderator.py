@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import nats
 import pytest
@@ -10,7 +11,7 @@ import redis.asyncio as redis
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
-from services.moderation.holdback import OutputScanners
+from services.moderation.holdback import OutputPolicy
 from services.moderation.moderator import (
     CHUNK_MISSING,
     INTERRUPTED,
@@ -22,10 +23,13 @@ from services.moderation.moderator import (
 from services.moderation.sink import DeliveryFailed, OutputSink
 from services.moderation.stream import StreamTable
 from shared.bus import EventPublisher, ensure_jetstream, make_broker
-from shared.events import EventType, Verdict
+from shared.events import ChunkPayload, EndPayload, Envelope, EventType, Verdict
 from shared.release_log import ReleaseLog
-from shared.scanning import ScannerChain, build_output_chain, parse_policy
+from shared.scanning import parse_policy
 from tests.moderation.support import (
+    REDACTING_POLICY,
+    REDACTING_TENANT,
+    TENANT,
     chunk,
     end,
     events_of,
@@ -35,6 +39,8 @@ from tests.moderation.support import (
 )
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
+
+PayloadT = TypeVar("PayloadT", ChunkPayload, EndPayload)
 
 # Far longer than any test, so no stream is evicted while a test runs.
 IDLE_TIMEOUT_S = 600.0
@@ -63,9 +69,8 @@ async def release_log(redis_url: str) -> AsyncIterator[ReleaseLog]:
     await client.aclose()
 
 
-def _scanners(output_chain: ScannerChain) -> Callable[[], OutputScanners]:
-    scanners = OutputScanners.build(output_chain, refusal_scanners=frozenset({"NoRefusalLight"}))
-    return lambda: scanners
+def _in_force(output_policy: OutputPolicy) -> Callable[[], OutputPolicy]:
+    return lambda: output_policy
 
 
 @pytest.fixture
@@ -74,8 +79,8 @@ def table() -> StreamTable:
 
 
 @pytest.fixture
-def moderator(output_chain: ScannerChain, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable) -> Moderator:
-    return Moderator(_scanners(output_chain), OutputSink(release_log, EventPublisher(broker)), table)
+def moderator(output_policy: OutputPolicy, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable) -> Moderator:
+    return Moderator(_in_force(output_policy), OutputSink(release_log, EventPublisher(broker)), table)
 
 
 async def _stream(moderator: Moderator, request_id: str, texts: list[str], attempt: int = 1) -> None:
@@ -312,11 +317,11 @@ async def test_missing_chunk_fails_eventually(moderator: Moderator, release_log:
 
 
 async def test_failed_write_released_once(
-    output_chain: ScannerChain, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
+    output_policy: OutputPolicy, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
 ) -> None:
     request_id = new_request_id()
     unreachable = redis.from_url("redis://127.0.0.1:9/0")
-    broken = Moderator(_scanners(output_chain), OutputSink(ReleaseLog(unreachable, ttl_s=600), EventPublisher(broker)), table)
+    broken = Moderator(_in_force(output_policy), OutputSink(ReleaseLog(unreachable, ttl_s=600), EventPublisher(broker)), table)
 
     with pytest.raises(DeliveryFailed):
         await broken.handle_chunk(*chunk(request_id, 0, CLEAN_OUTPUT[0] * 3), deliveries=1)
@@ -330,12 +335,12 @@ async def test_failed_write_released_once(
 
 
 async def test_late_end_after_restart_harmless(
-    output_chain: ScannerChain, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, jetstream: JetStreamContext
+    output_policy: OutputPolicy, moderator: Moderator, release_log: ReleaseLog, broker: NatsBroker, jetstream: JetStreamContext
 ) -> None:
     request_id = new_request_id()
     await _stream(moderator, request_id, CLEAN_OUTPUT)
     await moderator.handle_end(*end(request_id), deliveries=1)
-    restarted = Moderator(_scanners(output_chain), OutputSink(release_log, EventPublisher(broker)), StreamTable(IDLE_TIMEOUT_S))
+    restarted = Moderator(_in_force(output_policy), OutputSink(release_log, EventPublisher(broker)), StreamTable(IDLE_TIMEOUT_S))
 
     await restarted.handle_end(*end(request_id), deliveries=2)
 
@@ -346,12 +351,12 @@ async def test_late_end_after_restart_harmless(
 
 
 async def test_policy_change_spares_open_stream(
-    output_chain: ScannerChain, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
+    output_policy: OutputPolicy, release_log: ReleaseLog, broker: NatsBroker, table: StreamTable
 ) -> None:
     """A stream finishes with the scanners it opened with; streams opened after the change use the new ones."""
     stricter_policy = {"output": [{"type": "BanSubstrings", "options": {"substrings": ["nobler"]}}]}
-    stricter = OutputScanners.build(build_output_chain(parse_policy(stricter_policy, source="stricter")))
-    in_force = [OutputScanners.build(output_chain)]
+    stricter = OutputPolicy(parse_policy(stricter_policy, source="stricter"))
+    in_force = [output_policy]
     moderator = Moderator(lambda: in_force[0], OutputSink(release_log, EventPublisher(broker)), table)
     opened_before, opened_after = new_request_id(), new_request_id()
 
@@ -370,3 +375,33 @@ async def test_policy_change_spares_open_stream(
     assert after_final is not None
     assert after_final["status"] == "blocked"
     assert after_final["blocked_by"] == "BanSubstrings"
+
+
+def _as_tenant(message: tuple[Envelope, PayloadT], tenant: str) -> tuple[Envelope, PayloadT]:
+    envelope, payload = message
+    return envelope.model_copy(update={"tenant": tenant}), payload
+
+
+async def _released_text_of(release_log: ReleaseLog, tenant: str, request_id: str) -> str:
+    entries = await release_log.read(tenant, request_id, after_entry_id="0-0", block_ms=None)
+    return "".join(str(entry.data["text"]) for entry in entries if not entry.is_final)
+
+
+async def test_tenant_override_applies_to_its_streams(
+    release_log: ReleaseLog, broker: NatsBroker, jetstream: JetStreamContext, table: StreamTable
+) -> None:
+    """The tenant whose output list redacts email addresses gets them redacted; another tenant's stream is untouched."""
+    output_policy = OutputPolicy(parse_policy(REDACTING_POLICY, source="redacting"))
+    moderator = Moderator(lambda: output_policy, OutputSink(release_log, EventPublisher(broker)), table)
+    output = ["Write to jane.d", "oe@example.com", " for the report."]
+    redacting_request, other_request = new_request_id(), new_request_id()
+
+    for tenant, request_id in [(REDACTING_TENANT, redacting_request), (TENANT, other_request)]:
+        for seq, text in enumerate(output):
+            await moderator.handle_chunk(*_as_tenant(chunk(request_id, seq, text), tenant), deliveries=1)
+        await moderator.handle_end(*_as_tenant(end(request_id), tenant), deliveries=1)
+
+    assert await _released_text_of(release_log, REDACTING_TENANT, redacting_request) == "Write to [EMAIL] for the report."
+    assert await _released_text_of(release_log, TENANT, other_request) == "".join(output)
+    delivered = (await events_of(jetstream, redacting_request))[EventType.DELIVERED][0].parsed_payload()
+    assert delivered.text == "Write to [EMAIL] for the report."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.moderation.stream import ChunkOrder, OutputStream, StreamTable
 
 
@@ -35,25 +37,53 @@ def test_early_chunk_ignored() -> None:
     assert stream.next_chunk_seq == 1
 
 
-def test_releasable_keeps_tail() -> None:
+def test_holdback_cut_keeps_tail() -> None:
     stream = _stream()
     stream.accept(0, "abcdefghij")
 
-    assert stream.releasable(4) == "abcdef"
-    assert stream.releasable(0) == "abcdefghij"
-    assert stream.releasable(20) == ""
+    assert stream.holdback_cut(4) == 6
+    assert stream.holdback_cut(0) == 10
+    assert stream.holdback_cut(20) == 0
+
+
+def test_nothing_releasable_before_settle() -> None:
+    stream = _stream()
+    stream.accept(0, "abcdefghij")
+
+    assert stream.releasable() == ""
 
 
 def test_release_advances_position() -> None:
     stream = _stream()
     stream.accept(0, "abcdefghij")
+    stream.settle(stream.text, 6)
 
     stream.mark_released("abcdef")
     stream.accept(1, "klm")
+    stream.settle(stream.text, stream.holdback_cut(4))
 
     assert stream.released_text == "abcdef"
     assert stream.released_chunks == 1
-    assert stream.releasable(4) == "ghi"
+    assert stream.releasable() == "ghi"
+
+
+def test_settle_replaces_unreleased_text() -> None:
+    stream = _stream()
+    stream.accept(0, "mail a@b.io now")
+    stream.settle("mail [EMAIL] now", 12)
+
+    assert stream.releasable() == "mail [EMAIL]"
+    assert stream.text == "mail [EMAIL] now"
+
+
+def test_settle_keeps_released_text() -> None:
+    stream = _stream()
+    stream.accept(0, "abcdef")
+    stream.settle(stream.text, 3)
+    stream.mark_released("abc")
+
+    with pytest.raises(ValueError, match="a settled text must keep the released text"):
+        stream.settle("xbcdef", 4)
 
 
 def test_window_adds_context_before() -> None:
