@@ -251,20 +251,7 @@ class NoRefusalLightSpec(_ScannerSpec):
     options: NoOptions = Field(default_factory=NoOptions)
 
 
-InputScannerSpec = Annotated[
-    InvisibleTextSpec
-    | SecretsSpec
-    | PiiSpec
-    | BanSubstringsSpec
-    | RegexSpec
-    | TokenLimitSpec
-    | PromptClassifierSpec
-    | PromptInjectionSpec
-    | ToxicitySpec,
-    Field(discriminator="type"),
-]
-OutputScannerSpec = Annotated[BanSubstringsSpec | RegexSpec | PiiSpec | NoRefusalLightSpec, Field(discriminator="type")]
-ScannerSpec = (
+_INPUT_SPECS = (
     InvisibleTextSpec
     | SecretsSpec
     | PiiSpec
@@ -274,8 +261,10 @@ ScannerSpec = (
     | PromptClassifierSpec
     | PromptInjectionSpec
     | ToxicitySpec
-    | NoRefusalLightSpec
 )
+InputScannerSpec = Annotated[_INPUT_SPECS, Field(discriminator="type")]
+OutputScannerSpec = Annotated[BanSubstringsSpec | RegexSpec | PiiSpec | NoRefusalLightSpec, Field(discriminator="type")]
+ScannerSpec = _INPUT_SPECS | NoRefusalLightSpec
 
 _SPEC_BY_TYPE: dict[str, type[_ScannerSpec]] = {
     "InvisibleText": InvisibleTextSpec,
