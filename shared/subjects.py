@@ -152,8 +152,9 @@ def pool_queue_consumer(backend: str, tenant: str, max_ack_pending: int) -> Cons
 
     The inference service creates it when it first finds the tenant's work
     in the pool, not at start like `CONSUMERS`, because the tenants are not
-    listed anywhere in advance. `max_ack_pending` is the pool's `max_in_flight`, so JetStream never
-    hands out more of one tenant's requests than the pool can run.
+    listed anywhere in advance. The admission loop sets `max_ack_pending` to
+    a small multiple of the pool's `max_in_flight`, so JetStream never hands
+    out far more of one tenant's requests than the pool can run.
     """
     name = _CONSUMER_NAME_SEPARATOR.join((POOL_QUEUE_CONSUMER_PREFIX, backend, tenant))
     return ConsumerSpec(

@@ -58,6 +58,12 @@ log = structlog.get_logger(__name__)
 # the message first, or when a rescan counted a message whose redelivery
 # delay has not passed yet. The slot stays unused for that long.
 DEFAULT_ADMISSION_FETCH_TIMEOUT_S = 0.5
+# A slot frees when its handler has acked, but nats-server applies acks
+# asynchronously, so a consumer capped at exactly the slot count would still
+# count the finished message and leave the next fetch waiting. Twice the slots
+# absorbs that lag, and the slots themselves still bound what runs. In the
+# pipeline benchmark this took 100 req/s from 23 to 50 req/s served.
+ACK_PENDING_PER_SLOT = 2
 # Redelivered messages ring no doorbell, so they wait up to this long after
 # JetStream makes them available again (2 s after a nak, 30 s after an
 # expired ack wait). Each rescan costs one JetStream request per pool plus one
@@ -281,7 +287,7 @@ class AdmissionLoop:
         jetstream = self._started_jetstream()
         for tenant in list(self._unbound):
             try:
-                spec = pool_queue_consumer(self.backend, tenant, self._max_in_flight)
+                spec = pool_queue_consumer(self.backend, tenant, ACK_PENDING_PER_SLOT * self._max_in_flight)
             except SubjectTokenError as error:
                 # Only a publisher other than Sluice's can put such a subject in the stream.
                 del self._unbound[tenant]
