@@ -2,8 +2,8 @@
 
 Exactly one side ends a cancelled request. A claim key decides which:
 inference claims a request (`admitted`) before it starts generating, and
-the ingress claims it (`cancelled`) when it cancels. Whoever sets the key
-first wins, because the key is only ever written with SET NX.
+the ingress claims it (`cancelled`) when it cancels. The side that sets the
+key first wins, because the key is only ever written with SET NX.
 
 - The ingress won: the request had not reached a model. The ingress
   publishes `request.cancelled` itself, so the client sees the end at once

@@ -149,7 +149,7 @@ class LatencyPercentiles(_Model):
 
 
 class GenerationStats(_Model):
-    """What one generation attempt used and how fast it ran, recorded however it ended.
+    """The usage and timings of one generation attempt, recorded however it ended.
 
     Completed, failed and cancelled attempts all carry it, so partial streams
     are accounted for too.

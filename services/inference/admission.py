@@ -14,8 +14,8 @@ tenant's requests in arrival order.
 The loop finds which tenants have waiting work without polling every consumer:
 - a doorbell, a headers-only ordered consumer on the pool's subjects that
   starts at new messages, marks a tenant as soon as a request is stored;
-- each fetched message carries its consumer's `num_pending`, which tells the
-  loop whether more of that tenant's requests wait;
+- each fetched message carries its consumer's `num_pending`, the count of
+  that tenant's requests still waiting;
 - a rescan every `rescan_interval_s` lists the pool's tenant subjects in the
   stream (`stream_info` with a subject filter) and asks each idle tenant's
   consumer for pending and unacked messages. It finds work stored while the

@@ -1,12 +1,14 @@
 """Cancelling a request from the ingress: `DELETE /v1/requests/{id}` and OpenAI streaming clients that disconnect.
 
-The canceller first claims the request (shared/cancellation.py). When the
-claim succeeds the request has not reached a model, wherever it waits, so
-the canceller ends it here: it takes the request out of its pool's queue
-count and publishes `request.cancelled`, which the projector turns into the
-status `cancelled` and the stream's final message. When inference claimed
-the request first, the canceller sets the cancel mark and publishes the
-notice, and inference publishes `request.cancelled` once generation stopped.
+The canceller first claims the request (shared/cancellation.py). A
+successful claim means the request has not reached a model, so the
+canceller ends it here. It takes the request out of its pool's queue count
+and publishes `request.cancelled`. The projector turns that event into the
+status `cancelled` and the stream's final message.
+
+When inference claimed the request first, the canceller sets the cancel
+mark and publishes the notice. Inference then publishes `request.cancelled`
+once generation stopped.
 """
 
 from __future__ import annotations

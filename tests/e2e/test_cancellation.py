@@ -61,11 +61,11 @@ async def first_chunk(messages: AsyncIterator[dict[str, Any]]) -> dict[str, Any]
     return message
 
 
-async def wait_for_status(client: SluiceClient, request_id: str, wanted: str) -> dict[str, Any]:
+async def wait_for_status(client: SluiceClient, request_id: str, expected: str) -> dict[str, Any]:
     deadline = time.monotonic() + WAIT_S
     while True:
         status = await client.status(request_id)
-        if status["status"] == wanted or time.monotonic() > deadline:
+        if status["status"] == expected or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.1)
 
