@@ -150,12 +150,30 @@ class KeyWatch(Generic[T]):
             self._task = None
 
     async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
-        # nats-py sends None once, after the values that existed when the watch began.
+        handled = 0
+        initial_count: int | None = None
         async for entry in watcher:
             if entry is None:
-                self._loaded.set()
+                initial_count = await self._initial_count(watcher)
             else:
+                handled += 1
                 await self._apply(entry)
+            if initial_count is not None and handled >= initial_count:
+                self._loaded.set()
+
+    async def _initial_count(self, watcher: KeyValue.KeyWatcher) -> int:
+        # nats-py sends None once, meaning the values that existed when the
+        # watch began were delivered. It decides that from the consumer's
+        # pending count, which the server may report as 0 while those values
+        # are still on their way to this client, so None can come first. The
+        # server's delivered count says how many values to wait for. nats-py's
+        # own `KeyValue.keys` reads the consumer the same way, through `_sub`.
+        try:
+            info = await watcher._sub.consumer_info()
+        except nats.errors.Error as error:
+            log.warning("runtime_config_initial_count_failed", keys=self._keys, error=repr(error))
+            return 0
+        return info.delivered.consumer_seq
 
     async def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):

@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import nats
 import nats.errors
@@ -114,6 +115,59 @@ async def test_seed_from_valid_file(kv: KeyValue, tmp_path: Path) -> None:
 async def test_watch_loads_current_values_before_start_returns(kv: KeyValue) -> None:
     await kv.put("tenants.acme", b'{"limit": 1}')
     await kv.put("tenants.globex", b'{"limit": 2}')
+    seen: dict[str, int] = {}
+    watch = KeyWatch(kv, "tenants.>", parse_limit, seen.__setitem__)
+
+    await watch.start()
+    try:
+        assert seen == {"tenants.acme": 1, "tenants.globex": 2}
+    finally:
+        await watch.stop()
+
+
+class _LateValuesWatcher:
+    """A nats-py watcher that sends its end-of-initial-values marker before the values, as a race can.
+
+    nats-py sends the marker when the server reports no pending values, which
+    it can do while the values it already sent are still in flight.
+    """
+
+    def __init__(self, entries: list[KeyValue.Entry]) -> None:
+        self._items: list[KeyValue.Entry | None] = [None, *entries]
+        self._delivered = len(entries)
+        self._sub = self
+
+    async def consumer_info(self) -> SimpleNamespace:
+        return SimpleNamespace(delivered=SimpleNamespace(consumer_seq=self._delivered))
+
+    def __aiter__(self) -> _LateValuesWatcher:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        if not self._items:
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.01)
+        return self._items.pop(0)
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_watch_start_waits_for_late_values() -> None:
+    entries = [
+        KeyValue.Entry(
+            bucket="b",
+            key=f"tenants.{name}",
+            value=f'{{"limit": {limit}}}'.encode(),
+            revision=limit,
+            delta=2 - limit,
+            created=None,
+            operation=None,
+        )
+        for name, limit in (("acme", 1), ("globex", 2))
+    ]
+    watcher = _LateValuesWatcher(entries)
+    kv = SimpleNamespace(watch=lambda _keys: asyncio.sleep(0, result=watcher))
     seen: dict[str, int] = {}
     watch = KeyWatch(kv, "tenants.>", parse_limit, seen.__setitem__)
 
