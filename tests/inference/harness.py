@@ -13,11 +13,40 @@ from nats.js import JetStreamContext
 
 from services.inference.app import make_app
 from shared.embedded.infrastructure import free_port
-from shared.events import Envelope, EventType, decode_envelope
+from shared.events import AssignedPayload, ChatMessage, Envelope, EventType, RequestSpec, VariantSpec, decode_envelope
 from shared.settings import Settings
 from shared.subjects import CHUNKS_STREAM, MODERATION_CONSUMER
+from tests.support.envelopes import new_request_envelope
 
 HOST = "127.0.0.1"
+TENANT = "acme"
+PROMPT = "Good morrow, my lord."
+
+
+def assigned_envelope(
+    variant: VariantSpec,
+    *,
+    prompt: str = PROMPT,
+    tenant: str = TENANT,
+    deadline_in_s: float | None = 120.0,
+    user_id: str | None = None,
+    experiment_key: str | None = None,
+    hash_value: float | None = None,
+) -> Envelope:
+    """Build the `request.assigned` event of a new one-message chat request served by `variant`.
+
+    With `user_id` the request is hashed on the user, as a sticky experiment
+    does; without it, on the request id.
+    """
+    request = RequestSpec(messages=[ChatMessage(role="user", content=prompt)], user_id=user_id)
+    payload = AssignedPayload(
+        request=request,
+        experiment_key=experiment_key,
+        variant=variant,
+        hash_value=hash_value,
+        hash_attribute="user_id" if user_id else "request_id",
+    )
+    return new_request_envelope(EventType.ASSIGNED, payload, tenant=tenant, deadline_in_s=deadline_in_s)
 
 
 def write_backends(directory: Path, embedded_url: str, scripted_url: str) -> Path:

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from shared.events import (
-    AssignedPayload,
-    ChatMessage,
-    Envelope,
-    EventType,
-    GenerationParams,
-    RequestSpec,
-    VariantSpec,
-)
-from tests.inference.harness import running_inference
-from tests.support.envelopes import new_request_envelope
+from shared.events import Envelope, EventType, GenerationParams, VariantSpec
+from tests.inference.harness import assigned_envelope, running_inference
 from tests.support.jetstream import publish_envelope, wait_for_event
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
@@ -31,7 +22,6 @@ BACKEND_KINDS = ("tgi", "openai")
 
 
 def _assigned(backend: str, adapter_id: str | None) -> Envelope:
-    request = RequestSpec(messages=[ChatMessage(role="user", content="Speak, good sir.")], user_id="alice")
     # Temperature 0 decodes greedily, so equal text means the same model and adapter.
     variant = VariantSpec(
         key=adapter_id or "base",
@@ -40,8 +30,9 @@ def _assigned(backend: str, adapter_id: str | None) -> Envelope:
         adapter_id=adapter_id,
         params=GenerationParams(temperature=0.0, max_new_tokens=16),
     )
-    payload = AssignedPayload(request=request, experiment_key="adapters", variant=variant, hash_value=0.5, hash_attribute="user_id")
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant="acme", deadline_in_s=120.0)
+    return assigned_envelope(
+        variant, prompt="Speak, good sir.", user_id="alice", experiment_key="adapters", hash_value=0.5
+    )
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ from nats.js import JetStreamContext
 from structlog.testing import capture_logs
 
 from shared.embedded.infrastructure import free_port
-from shared.events import AssignedPayload, ChatMessage, Envelope, EventType, GenerationParams, RequestSpec, VariantSpec
+from shared.events import Envelope, EventType, GenerationParams, VariantSpec
 from shared.subjects import event_filter
-from tests.inference.harness import running_inference
+from tests.inference.harness import assigned_envelope, running_inference
 from tests.inference.scripted_tgi import USAGE, chunk
-from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, published_events
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
@@ -105,11 +104,8 @@ def _write_backends(directory: Path, slow_url: str) -> Path:
 
 
 def _assigned(tenant: str, index: int) -> Envelope:
-    prompt = f"{tenant}-{index:02d}"
-    request = RequestSpec(messages=[ChatMessage(role="user", content=prompt)])
     variant = VariantSpec(key="control", backend=BACKEND, params=GenerationParams(max_new_tokens=PIECES))
-    payload = AssignedPayload(request=request, experiment_key=None, variant=variant, hash_attribute="request_id")
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant=tenant, deadline_in_s=WAIT_S)
+    return assigned_envelope(variant, prompt=f"{tenant}-{index:02d}", tenant=tenant, deadline_in_s=WAIT_S)
 
 
 def _prompt_of(envelope: Envelope) -> str:

@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from services.inference.admission import AdmissionLoop
 from shared import subjects
-from shared.events import AssignedPayload, ChatMessage, Envelope, EventType, RequestSpec, VariantSpec
+from shared.events import Envelope, VariantSpec
 from shared.pulling import MessageHandler
 from shared.queue_positions import QueuePositions, queue_key
-from tests.support.envelopes import new_request_envelope
+from tests.inference.harness import assigned_envelope
 from tests.support.jetstream import publish_envelope
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
@@ -49,11 +49,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _assigned(backend: str) -> Envelope:
-    request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow.")])
-    payload = AssignedPayload(
-        request=request, experiment_key=None, variant=VariantSpec(key="control", backend=backend), hash_attribute="request_id"
-    )
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant=TENANT, deadline_in_s=None)
+    return assigned_envelope(VariantSpec(key="control", backend=backend), prompt="Good morrow.", tenant=TENANT, deadline_in_s=None)
 
 
 def _loop(backend: str, handler: MessageHandler, positions: QueuePositions, stop_grace_s: float = 10.0) -> AdmissionLoop:

@@ -12,18 +12,9 @@ from nats.js import JetStreamContext
 
 from services.inference.accounting import percentiles
 from shared.cancellation import CANCELLED, CancelMarks, CancelNotice, cancel_subject
-from shared.events import (
-    AssignedPayload,
-    ChatMessage,
-    Envelope,
-    EventType,
-    GenerationParams,
-    RequestSpec,
-    VariantSpec,
-)
-from tests.inference.harness import running_inference, write_backends
+from shared.events import Envelope, EventType, GenerationParams, VariantSpec
+from tests.inference.harness import assigned_envelope, running_inference, write_backends
 from tests.inference.scripted_tgi import USAGE, ScriptedServer, chunk, stream
-from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, wait_for_event
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
@@ -37,10 +28,8 @@ SLOW_PIECES = 40
 
 
 def _assigned(backend: str = "scripted") -> Envelope:
-    request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow, my lord.")])
     variant = VariantSpec(key="control", backend=backend, params=GenerationParams(max_new_tokens=64))
-    payload = AssignedPayload(request=request, experiment_key=None, variant=variant, hash_attribute="request_id")
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant=TENANT, deadline_in_s=120.0)
+    return assigned_envelope(variant, tenant=TENANT)
 
 
 @pytest.fixture

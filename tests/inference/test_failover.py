@@ -20,19 +20,10 @@ from services.inference.generation import STREAM_BROKEN, Generator
 from services.inference.tgi import TgiBackend
 from shared.bus import EventPublisher, make_broker
 from shared.embedded.infrastructure import free_port
-from shared.events import (
-    AssignedPayload,
-    ChatMessage,
-    Envelope,
-    EventType,
-    GenerationParams,
-    RequestSpec,
-    VariantSpec,
-)
+from shared.events import Envelope, EventType, GenerationParams, VariantSpec
 from shared.experiments import DEFAULT_BREAKER_FAILURE_THRESHOLD, BackendConfig
-from tests.inference.harness import read_chunk_messages
+from tests.inference.harness import assigned_envelope, read_chunk_messages
 from tests.inference.model_servers import ModelServerProcess, running_model_server
-from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import published_events, wait_for_event
 
 pytestmark = [pytest.mark.nats]
@@ -48,11 +39,8 @@ LONG_GENERATION_TOKENS = 900
 
 
 def _assigned(max_new_tokens: int) -> Envelope:
-    request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow, my lord.")], user_id="alice")
-    params = GenerationParams(temperature=0.8, max_new_tokens=max_new_tokens)
-    variant = VariantSpec(key="control", backend=BACKEND, params=params)
-    payload = AssignedPayload(request=request, experiment_key="failover", variant=variant, hash_value=0.5, hash_attribute="user_id")
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant="acme", deadline_in_s=WAIT_S)
+    variant = VariantSpec(key="control", backend=BACKEND, params=GenerationParams(temperature=0.8, max_new_tokens=max_new_tokens))
+    return assigned_envelope(variant, deadline_in_s=WAIT_S, user_id="alice", experiment_key="failover", hash_value=0.5)
 
 
 def _pool(*urls: str, **options: float) -> EndpointPool:

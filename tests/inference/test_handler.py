@@ -14,22 +14,12 @@ from services.inference import handler as handler_module
 from services.inference.generation import FIRST_RETRY_DELAY_S, RETRY_DELAY_FACTOR
 from shared import subjects
 from shared.bus import ensure_consumer
-from shared.events import (
-    AssignedPayload,
-    ChatMessage,
-    Envelope,
-    EventType,
-    GenerationParams,
-    RequestSpec,
-    VariantSpec,
-    decode_envelope,
-)
-from shared.release_log import ReleaseLog
+from shared.events import Envelope, EventType, GenerationParams, VariantSpec, decode_envelope
 from shared.experiments import DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT
+from shared.release_log import ReleaseLog
 from shared.subjects import EVENTS_STREAM, ConsumerSpec, assigned_subject
-from tests.inference.harness import read_chunk_messages, running_inference, write_backends
+from tests.inference.harness import assigned_envelope, read_chunk_messages, running_inference, write_backends
 from tests.inference.scripted_tgi import GOOD_EVENTS, ScriptedServer, chunk, error, stream
-from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
@@ -39,10 +29,10 @@ TENANT = "acme"
 
 
 def _assigned(backend: str = "embedded", deadline_in_s: float = 120.0, max_new_tokens: int = 24) -> Envelope:
-    request = RequestSpec(messages=[ChatMessage(role="user", content="Good morrow, my lord.")], user_id="alice")
     variant = VariantSpec(key="control", backend=backend, params=GenerationParams(temperature=0.8, max_new_tokens=max_new_tokens))
-    payload = AssignedPayload(request=request, experiment_key="sampling", variant=variant, hash_value=0.25, hash_attribute="user_id")
-    return new_request_envelope(EventType.ASSIGNED, payload, tenant=TENANT, deadline_in_s=deadline_in_s)
+    return assigned_envelope(
+        variant, tenant=TENANT, deadline_in_s=deadline_in_s, user_id="alice", experiment_key="sampling", hash_value=0.25
+    )
 
 
 async def _events_of(jetstream: JetStreamContext, request_id: str) -> list[Envelope]:
