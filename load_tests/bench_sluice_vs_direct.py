@@ -145,9 +145,9 @@ def section(results: dict[str, PathTimes], rounds: int) -> BenchSection:
         baseline="the model server's own /v1/chat/completions, called in the same run, alternating with Sluice",
         notes=[
             f"{rounds} rounds, one request at a time, max_tokens {MAX_TOKENS}, temperature 0.8, the shipped model on CPU.",
-            f"Sluice adds {added_ttft_ms:.1f} ms to the median time to first token. Moderation releases text only "
-            "once it is longer than the output policy's holdback (24 characters with the shipped policy), so "
-            "part of that is the time the model takes to write those characters.",
+            f"Sluice adds {added_ttft_ms:.1f} ms to the median time to first token. Moderation holds back only "
+            "the end of the text where a banned pattern could still begin (at most 24 characters with the "
+            "shipped policy), so the first token usually passes at once.",
             "Decode tokens/s counts the tokens after the first over the time after the first token.",
         ],
     )

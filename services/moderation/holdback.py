@@ -1,14 +1,19 @@
 """The streaming check: scan each new piece of output with enough context and hold back what a match could still reach.
 
 L (`holdback_chars`) is the longest text that a blocking BanSubstrings,
-Regex or PII scanner can match, `PII_MAX_MATCH_CHARS` when a PII entry
-redacts output, or the policy's `moderation.min_holdback_chars` when that
-is larger. After each chunk, the window of unreleased text plus the L
-characters before it is scanned, and everything except the last L
-characters is released. A banned string therefore never reaches the
-release log in part: it either lies in a window that is scanned before any
-of it is released, or it ends within the held tail. Personal data in the
-window is redacted before release (see `services.moderation.redaction`).
+Regex or PII scanner can match, `PII_MAX_MATCH_CHARS` or
+`SECRETS_MAX_MATCH_CHARS` when a PII or Secrets entry redacts output, or
+the policy's `moderation.min_holdback_chars` when that is larger. After
+each chunk, the window of unreleased text plus the L characters before it
+is scanned. What is released then stops where a banned string or pattern
+could still begin, which is found by partial matching (see
+`shared.scanning.partial_match`), and never holds more than each scanner's
+longest match. A redactor of personal data or secrets and
+`min_holdback_chars` hold their fixed number of characters. A banned
+string therefore never reaches the release log in part: it either lies in
+a window that is scanned before any of it is released, or it starts within
+the held tail. Personal data and secrets in the window are redacted before
+release (see `services.moderation.redaction`).
 
 NOTE: the window edges look like text edges to the scanners, so a `word`
 match or a pattern with anchors or lookarounds can match at an edge where
@@ -20,10 +25,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from services.moderation.redaction import OutputRedactor, plan_release, shifted
+from services.moderation.redaction import OutputRedactor, RedactionMatch, plan_release, shifted
 from services.moderation.stream import OutputStream
 from shared.scanning import ChainResult, Policy, ScannerChain, build_output_chains
-from shared.scanning.pii import PiiMatch
 
 # The llm-guard output scanner that detects refusals. Its verdict becomes the
 # `refusal` flag of `output.moderated`.
@@ -44,6 +48,7 @@ class Holdback:
             raise ValueError(f"min_holdback_chars must be 0 or more, got {min_holdback_chars}")
         self._chain = output_chain.streaming()
         self._redactor = redactor if redactor is not None else OutputRedactor(())
+        self._min_holdback_chars = min_holdback_chars
         self._holdback_chars = max(self._chain.holdback_chars, self._redactor.max_match_chars, min_holdback_chars)
 
     @property
@@ -57,7 +62,7 @@ class Holdback:
 
     @property
     def redactor_names(self) -> tuple[str, ...]:
-        """Labels of the `PII` entries that redact output before release."""
+        """Labels of the `PII` and `Secrets` entries that redact output before release."""
         return self._redactor.names
 
     async def check(self, stream: OutputStream) -> ChainResult:
@@ -68,9 +73,10 @@ class Holdback:
         into the held tail is held back whole. Raises `ScannerFailed`.
         """
         window_start = stream.scan_start(self.holdback_chars)
-        verdict, matches = await asyncio.to_thread(self._inspect, stream.text[window_start:])
+        window = stream.text[window_start:]
+        verdict, matches, release_end = await asyncio.to_thread(self._inspect, window, stream.known_secrets)
         if not verdict.blocked:
-            _settle(stream, stream.holdback_cut(self.holdback_chars), shifted(matches, window_start))
+            _settle(stream, max(stream.released_chars, window_start + release_end), shifted(matches, window_start))
         return verdict
 
     async def settle_at_end(self, stream: OutputStream) -> None:
@@ -79,19 +85,26 @@ class Holdback:
         Raises `ScannerFailed`.
         """
         window_start = stream.scan_start(self.holdback_chars)
-        matches = await asyncio.to_thread(self._redactor.find, stream.text[window_start:])
+        matches = await asyncio.to_thread(self._redactor.find, stream.text[window_start:], stream.known_secrets)
         _settle(stream, len(stream.text), shifted(matches, window_start))
 
     def releasable(self, stream: OutputStream) -> str:
         """Return the text that can be released after a passing `check`."""
         return stream.releasable()
 
-    def _inspect(self, window: str) -> tuple[ChainResult, list[PiiMatch]]:
-        # Both run in one worker thread, so a chunk costs one thread hop.
-        return self._chain.scan(window), self._redactor.find(window)
+    def _inspect(self, window: str, known_secrets: set[str]) -> tuple[ChainResult, list[RedactionMatch], int]:
+        # All of it runs in one worker thread, so a chunk costs one thread hop.
+        verdict = self._chain.scan(window)
+        matches = self._redactor.find(window, known_secrets)
+        return verdict, matches, self._release_end(window)
+
+    def _release_end(self, window: str) -> int:
+        """Return how much of `window` the streaming scanners, the redactor and `min_holdback_chars` let go."""
+        fixed_holdback_chars = max(self._redactor.max_match_chars, self._min_holdback_chars)
+        return max(0, min(self._chain.release_end(window), len(window) - fixed_holdback_chars))
 
 
-def _settle(stream: OutputStream, cut: int, matches: list[PiiMatch]) -> None:
+def _settle(stream: OutputStream, cut: int, matches: list[RedactionMatch]) -> None:
     plan = plan_release(stream.text, stream.released_chars, cut, matches)
     stream.settle(plan.text, plan.release_end)
     stream.redacted_count += plan.redacted_count

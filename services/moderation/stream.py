@@ -71,6 +71,9 @@ class OutputStream:
     release_end: int = 0
     # Matches of personal data replaced by placeholders so far; a count only, never the values.
     redacted_count: int = 0
+    # Secret values that a check of this stream found, redacted wherever they
+    # occur later even when the detector no longer reports them. Never logged.
+    known_secrets: set[str] = field(default_factory=set, repr=False)
     # Set when a later chunk arrived before `next_chunk_seq`; generation.end waits then.
     awaiting_missing_chunk: bool = False
     closing: Closing | None = None

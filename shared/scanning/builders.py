@@ -19,9 +19,12 @@ from typing import Any, Literal
 
 from shared.scanning.chain import PolicyScanner, ScanFunction, ScannerChain
 from shared.scanning.errors import PolicyError
+from shared.scanning.partial_match import TailStart, patterns_tail_start, substrings_tail_start
 from shared.scanning.policy import (
     PII_MAX_MATCH_CHARS,
+    SECRETS_MAX_MATCH_CHARS,
     BanSubstringsSpec,
+    OutputSecretsSpec,
     PiiSpec,
     Policy,
     PromptClassifierSpec,
@@ -99,8 +102,17 @@ def build_output_chains(policy: Policy) -> ChainsByProfile:
 
 def _build_chain(policy: Policy, section: Section) -> ScannerChain:
     specs = policy.input if section == "input" else policy.output
-    scanners = [_build_scanner(policy.source, section, index, spec) for index, spec in enumerate(specs)]
+    scanners = [
+        _build_scanner(policy.source, section, index, spec)
+        for index, spec in enumerate(specs)
+        if not _redacts_only(spec)
+    ]
     return ScannerChain(scanners)
+
+
+def _redacts_only(spec: ScannerSpec) -> bool:
+    """Return whether the entry gives no verdict: moderation's redactor replaces its secrets before release."""
+    return isinstance(spec, OutputSecretsSpec) and spec.action == "redact"
 
 
 def _build_scanner(source: str, section: Section, index: int, spec: ScannerSpec) -> PolicyScanner:
@@ -120,6 +132,7 @@ def _build_scanner(source: str, section: Section, index: int, spec: ScannerSpec)
         reason=spec.reason or _default_reason(spec),
         scan=scan,
         max_match_chars=_max_match_chars(spec),
+        tail_start=_tail_start(spec),
     )
 
 
@@ -131,7 +144,7 @@ def _construct(section: Section, spec: ScannerSpec) -> ScanFunction:
     from shared.scanning.secrets import SecretsScanner
 
     options: dict[str, Any] = spec.options.model_dump()
-    if isinstance(spec, SecretsSpec):
+    if isinstance(spec, SecretsSpec | OutputSecretsSpec):
         return SecretsScanner(**options).scan
     if isinstance(spec, PiiSpec):
         return PiiScanner(spec.options.entities, phone_regions=spec.options.phone_regions).scan
@@ -167,6 +180,15 @@ def _default_reason(spec: ScannerSpec) -> str:
     return _DEFAULT_REASONS[spec.type]
 
 
+def _tail_start(spec: ScannerSpec) -> TailStart | None:
+    """Return where a streaming scanner's match could begin at a text's end, or None to hold `max_match_chars`."""
+    if isinstance(spec, BanSubstringsSpec):
+        return substrings_tail_start(spec.options.substrings, case_sensitive=spec.options.case_sensitive)
+    if isinstance(spec, RegexSpec) and spec.options.is_blocked:
+        return patterns_tail_start(spec.options.patterns)
+    return None
+
+
 def _max_match_chars(spec: ScannerSpec) -> int | None:
     """Return the longest text one match can span, or None when only the whole text can be judged."""
     if isinstance(spec, BanSubstringsSpec) and not spec.options.contains_all:
@@ -175,4 +197,8 @@ def _max_match_chars(spec: ScannerSpec) -> int | None:
         return spec.max_match_chars
     if isinstance(spec, PiiSpec):
         return PII_MAX_MATCH_CHARS
+    if isinstance(spec, OutputSecretsSpec):
+        # A blocking output entry then runs on every streaming window, so it
+        # stops the output before any of a secret that it finds is released.
+        return SECRETS_MAX_MATCH_CHARS
     return None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from shared.events import ScannerResult
 from shared.scanning.errors import ScannerFailed
+from shared.scanning.partial_match import TailStart
 from shared.scanning.policy import Action
 
 # llm-guard's scan contract: (sanitized text, is_valid, risk score). The risk
@@ -28,6 +29,9 @@ class PolicyScanner:
     # Maximum length, in characters, of one match; None when the scanner
     # must read the whole text to decide.
     max_match_chars: int | None
+    # Where a match could begin at the end of a text that is still growing;
+    # None holds the last `max_match_chars` characters instead.
+    tail_start: TailStart | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,25 @@ class ScannerChain:
         when it scans that output plus `holdback_chars` characters before it.
         """
         return ScannerChain(self._streaming_scanners())
+
+    def release_end(self, window: str) -> int:
+        """Return how much of `window`, output that may still grow, the chain's scanners let go.
+
+        Each streaming scanner holds the tail where one of its matches could
+        still begin (see `shared.scanning.partial_match`). A scanner without
+        that check holds its last `max_match_chars` characters. Call it on
+        the chain that `streaming()` returns, after a scan that did not block.
+        """
+        ends = [len(window)]
+        for scanner in self._streaming_scanners():
+            fixed_end = len(window) - (scanner.max_match_chars or 0)
+            if scanner.tail_start is None:
+                ends.append(fixed_end)
+            else:
+                # A match is at most `max_match_chars` long, so a partial
+                # match that starts before that can never complete.
+                ends.append(max(fixed_end, scanner.tail_start(window)))
+        return max(0, min(ends))
 
     def _streaming_scanners(self) -> list[PolicyScanner]:
         return [scanner for scanner in self._scanners if scanner.action == "block" and scanner.max_match_chars is not None]

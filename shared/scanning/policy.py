@@ -3,8 +3,9 @@
 A policy is YAML with two lists, `input` (prompt screening) and `output`
 (moderation). Each entry names a scanner `type`, its `options` (keyword
 arguments of the scanner's constructor) and an `action`: `block` stops the
-request, `flag` records the verdict without blocking. Every type is the
-llm-guard scanner of that name, except `Secrets`: that is Sluice's own
+request, `flag` records the verdict without blocking. An output `Secrets`
+entry takes `redact` in place of `flag` (see `OutputSecretsAction`). Every
+type is the llm-guard scanner of that name, except `Secrets`: that is Sluice's own
 detector (`shared.scanning.secrets`), with the contract, options and plugin
 set of llm-guard's Secrets scanner, and `PII` (`shared.scanning.pii`). A
 `storage` section sets how telemetry stores prompt and output text, and
@@ -62,6 +63,16 @@ DEFAULT_REGEX_MAX_MATCH_CHARS = 256
 # after its first 256 characters has that part released raw.
 PII_MAX_MATCH_CHARS = 256
 
+# Moderation holds back this many characters of output for an output
+# Secrets entry, as for PII, so that a secret split across chunks is found
+# whole before any of it is released. detect-secrets reports a value that is
+# still growing, such as a high-entropy string before its closing quote or a
+# private key body before its END line, as a match that runs to the end of
+# the text. Moderation holds such a match back from its start while it grows.
+# NOTE: a secret that detect-secrets reports only once text more than 256
+# characters after its start has arrived has that first part released raw.
+SECRETS_MAX_MATCH_CHARS = PII_MAX_MATCH_CHARS
+
 # An error line shows at most this much of the offending value, so that one
 # error stays one readable line even when the value is a long list.
 MAX_SHOWN_VALUE_CHARS = 80
@@ -75,6 +86,12 @@ Route = Literal["/v1/requests", "/v1/chat/completions", "/v1/completions"]
 # "none" stores an empty string.
 StorageMode = Literal["raw", "redacted", "hashed", "none"]
 Action = Literal["block", "flag"]
+# The actions of an output `Secrets` entry. Both replace every secret by
+# `[SECRET]` before release. "block" also stops the output at the first
+# secret that the streaming check finds. "flag" is not offered, because the
+# check at the end of generation reads the output with the released secrets
+# already replaced, so it could flag only the secrets in the held tail.
+OutputSecretsAction = Literal["block", "redact"]
 # How the Secrets scanner replaces a secret: "partial" keeps the first two
 # and the last two characters, "all" writes "******", "hash" writes the
 # secret's MD5 digest.
@@ -86,7 +103,7 @@ class _StrictModel(BaseModel):
 
 
 class NoOptions(_StrictModel):
-    """The options of InvisibleText and NoRefusalLight, which take none."""
+    """The options of InvisibleText, NoRefusalLight and output Secrets entries, which take none."""
 
 
 class SecretsOptions(_StrictModel):
@@ -162,6 +179,29 @@ class InvisibleTextSpec(_ScannerSpec):
 class SecretsSpec(_ScannerSpec):
     type: Literal["Secrets"]
     options: SecretsOptions = Field(default_factory=SecretsOptions)
+
+
+class OutputSecretsSpec(_ScannerSpec):
+    """A `Secrets` entry of the output section, whose secrets moderation redacts while the output streams.
+
+    It takes no `redact_mode`, because released output always gets the
+    `[SECRET]` placeholder: the "partial" mode would release four characters
+    of each secret, and nothing reads the chain's own redacted text.
+    """
+
+    type: Literal["Secrets"]
+    options: NoOptions = Field(default_factory=NoOptions)
+    action: OutputSecretsAction = "block"  # type: ignore[assignment]
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _explain_flag(cls, action: object) -> object:
+        if action == "flag":
+            raise ValueError(
+                "action 'flag' is not available for output Secrets entries, because the released secrets are "
+                "already replaced when the output is checked at its end; use 'redact' or 'block'"
+            )
+        return action
 
 
 class BanSubstringsSpec(_ScannerSpec):
@@ -263,8 +303,10 @@ _INPUT_SPECS = (
     | ToxicitySpec
 )
 InputScannerSpec = Annotated[_INPUT_SPECS, Field(discriminator="type")]
-OutputScannerSpec = Annotated[BanSubstringsSpec | RegexSpec | PiiSpec | NoRefusalLightSpec, Field(discriminator="type")]
-ScannerSpec = _INPUT_SPECS | NoRefusalLightSpec
+OutputScannerSpec = Annotated[
+    BanSubstringsSpec | RegexSpec | PiiSpec | OutputSecretsSpec | NoRefusalLightSpec, Field(discriminator="type")
+]
+ScannerSpec = _INPUT_SPECS | OutputSecretsSpec | NoRefusalLightSpec
 
 _SPEC_BY_TYPE: dict[str, type[_ScannerSpec]] = {
     "InvisibleText": InvisibleTextSpec,
@@ -481,7 +523,8 @@ def _describe_errors(error: ValidationError, source: str, root: yaml.Node | None
         where = f"line {line_number}: " if line_number is not None else ""
         line = f"  {where}{_key_path(item['loc'])}: {item['msg']} (got {_shorten(repr(item.get('input')))})"
         if item["type"] == "extra_forbidden":
-            line += f"; allowed keys: {', '.join(_allowed_keys(item['loc']))}"
+            allowed = _allowed_keys(item["loc"])
+            line += f"; allowed keys: {', '.join(allowed)}" if allowed else "; this entry takes no options"
         if item["type"] == "union_tag_not_found":
             line += f"; every scanner entry needs a `type` key, one of: {', '.join(_SPEC_BY_TYPE)}"
         lines.append(line)
@@ -516,7 +559,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int):
             continue
         if _is_union_tag(loc, position):
-            model = _SPEC_BY_TYPE[part]
+            model = _spec_class(loc[position - 2] if position >= 2 else None, part)
             continue
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -524,6 +567,13 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]):
             keyed_model = get_args(annotation)[1]
     return sorted(model.model_fields)
+
+
+def _spec_class(section: Any, type_name: str) -> type[_ScannerSpec]:
+    """Return the spec class of `type_name` in `section` ("input" or "output"), whose keys an error lists."""
+    if section == "output" and type_name == "Secrets":
+        return OutputSecretsSpec
+    return _SPEC_BY_TYPE[type_name]
 
 
 def _is_model(annotation: Any) -> bool:

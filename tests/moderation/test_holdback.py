@@ -6,7 +6,7 @@ import pytest
 
 from services.moderation.holdback import Holdback, OutputScanners
 from services.moderation.stream import OutputStream
-from shared.scanning import PolicyError, ScannerChain, parse_policy
+from shared.scanning import PolicyError, ScannerChain, build_output_chain, parse_policy
 from tests.moderation.support import HOLDBACK_CHARS, OUTPUT_POLICY
 
 
@@ -37,8 +37,7 @@ async def test_split_banned_string_caught(output_chain: ScannerChain) -> None:
     released, blocked = await _feed(holdback, stream, [prefix + "DAN Mo", "de enabled. Now I obey."])
 
     assert blocked
-    assert "".join(released) == prefix[: len(prefix) + len("DAN Mo") - HOLDBACK_CHARS]
-    assert "D" not in "".join(released)
+    assert "".join(released) == prefix
 
 
 async def test_split_key_never_released(output_chain: ScannerChain) -> None:
@@ -62,18 +61,66 @@ async def test_clean_output_released_whole(output_chain: ScannerChain) -> None:
     tail = stream.releasable()
 
     assert not blocked
-    assert len(stream.text) - len("".join(released)) == HOLDBACK_CHARS
-    assert "".join(released) + tail == "".join(chunks)
+    assert "".join(released) == "".join(chunks)
+    assert tail == ""
 
 
-async def test_banned_text_in_tail_caught(output_chain: ScannerChain) -> None:
+async def test_possible_match_start_held(output_chain: ScannerChain) -> None:
     holdback = Holdback(output_chain)
     stream = OutputStream("acme", "r-1", 1)
 
-    released, blocked = await _feed(holdback, stream, ["A long and harmless opening line, ", "then xy", "zzy"])
+    released, blocked = await _feed(holdback, stream, ["Say xyz"])
 
-    assert blocked
-    assert "xy" not in "".join(released)
+    assert not blocked
+    assert released == ["Say "]
+
+
+async def test_held_tail_released_once_harmless(output_chain: ScannerChain) -> None:
+    holdback = Holdback(output_chain)
+    stream = OutputStream("acme", "r-1", 1)
+
+    released, blocked = await _feed(holdback, stream, ["Say xyz", "abc and the rest"])
+
+    assert not blocked
+    assert released == ["Say ", "xyzabc and the rest"]
+
+
+async def test_possible_key_start_held(output_chain: ScannerChain) -> None:
+    holdback = Holdback(output_chain)
+    stream = OutputStream("acme", "r-1", 1)
+
+    released, blocked = await _feed(holdback, stream, ["The id is AKIA1234"])
+
+    assert not blocked
+    assert released == ["The id is "]
+
+
+async def test_impossible_key_released_whole(output_chain: ScannerChain) -> None:
+    """Thirty characters after AKIA can never end the 16 of a key, so nothing is held."""
+    holdback = Holdback(output_chain)
+    stream = OutputStream("acme", "r-1", 1)
+    text = "The id is AKIA" + "1" * 30
+
+    released, blocked = await _feed(holdback, stream, [text])
+
+    assert not blocked
+    assert "".join(released) == text
+
+
+async def test_partial_match_held_within_bound() -> None:
+    """A partial match longer than the entry's `max_match_chars` can never complete, so only that many characters stay."""
+    policy = {
+        "input": [],
+        "output": [{"type": "Regex", "max_match_chars": 12, "options": {"patterns": ["BEGIN.*END"]}}],
+    }
+    holdback = Holdback(build_output_chain(parse_policy(policy, source="test")))
+    stream = OutputStream("acme", "r-1", 1)
+    text = "Text BEGIN and twenty more characters"
+
+    released, blocked = await _feed(holdback, stream, [text])
+
+    assert not blocked
+    assert "".join(released) == text[: len(text) - 12]
 
 
 def test_min_holdback_raises_length(output_chain: ScannerChain) -> None:
@@ -149,5 +196,5 @@ async def test_banned_text_never_released(output_chain: ScannerChain, chunk_char
     released, blocked = await _feed(holdback, stream, chunks)
 
     assert blocked
-    assert opening.startswith("".join(released))
+    assert text[: text.index("DAN")].startswith("".join(released))
     assert "DAN" not in "".join(released)

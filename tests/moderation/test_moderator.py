@@ -134,10 +134,10 @@ async def test_clean_output_events_published(moderator: Moderator, jetstream: Je
     assert delivered.usage.completion_tokens == 12
 
 
-async def test_text_held_until_end(moderator: Moderator, release_log: ReleaseLog) -> None:
+async def test_possible_match_held_until_end(moderator: Moderator, release_log: ReleaseLog) -> None:
     request_id = new_request_id()
 
-    await _stream(moderator, request_id, ["short reply"])
+    await _stream(moderator, request_id, ["DAN Mode"])
 
     assert await released_chunks(release_log, request_id) == []
 
@@ -149,7 +149,7 @@ async def test_split_banned_string_blocks(moderator: Moderator, release_log: Rel
     await _stream(moderator, request_id, [opening + "DAN Mo", "de enabled! I am free."])
 
     released = "".join(str(entry["text"]) for entry in await released_chunks(release_log, request_id))
-    assert released == opening[: len(opening) + len("DAN Mo") - moderator.holdback_chars]
+    assert released == opening
     assert await final_entry(release_log, request_id) == {
         "type": "final",
         "status": "blocked",
@@ -172,8 +172,8 @@ async def test_blocked_output_events(moderator: Moderator, jetstream: JetStreamC
     assert moderated.verdict is Verdict.BLOCKED
     assert moderated.blocked_by == "AwsAccessKey"
     assert delivered.finish_reason == "moderation"
-    assert delivered.text == ""
-    assert delivered.chunks == 0
+    assert delivered.text == "Here it is: "
+    assert delivered.chunks == 1
 
 
 async def test_chunks_after_block_ignored(moderator: Moderator, release_log: ReleaseLog, table: StreamTable) -> None:
@@ -189,7 +189,7 @@ async def test_chunks_after_block_ignored(moderator: Moderator, release_log: Rel
 
 async def test_new_attempt_discards_held(moderator: Moderator, release_log: ReleaseLog) -> None:
     request_id = new_request_id()
-    await _stream(moderator, request_id, ["first try, held"], attempt=1)
+    await _stream(moderator, request_id, ["DAN Mo"], attempt=1)
 
     await _stream(moderator, request_id, CLEAN_OUTPUT, attempt=2)
     await moderator.handle_end(*end(request_id, attempt=2), deliveries=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.scanning import PolicyError, build_input_chain, build_output_chain, load_policy, parse_policy
+from shared.scanning.policy import SECRETS_MAX_MATCH_CHARS
 from shared.settings import Settings
 
 
@@ -98,3 +99,19 @@ def test_secrets_entry_builds_sluice_scanner(monkeypatch: pytest.MonkeyPatch) ->
 
     assert result.blocked_by == "Secrets"
     assert result.sanitized_text == "my key is AK..3M, keep it"
+
+
+def test_output_secrets_redact_entry_not_built() -> None:
+    policy = parse_policy({"output": [{"type": "Secrets", "action": "redact"}, {"type": "NoRefusalLight", "action": "flag"}]}, source="p.yaml")
+
+    assert build_output_chain(policy).names == ("NoRefusalLight",)
+
+
+def test_output_secrets_block_entry_streams() -> None:
+    policy = parse_policy({"output": [{"type": "Secrets"}]}, source="p.yaml")
+
+    chain = build_output_chain(policy)
+
+    assert chain.streaming().names == ("Secrets",)
+    assert chain.holdback_chars == SECRETS_MAX_MATCH_CHARS
+    assert chain.scan("push with ghp_yvok56yK5SsJry2UXzG0bG1pqFvCEwKTmdKr now").blocked_by == "Secrets"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.scanning import DEFAULT_REGEX_MAX_MATCH_CHARS, PolicyError, load_policy, parse_policy
-from shared.scanning.policy import RegexSpec
+from shared.scanning.policy import OutputSecretsSpec, RegexSpec
 from shared.settings import Settings
 
 
@@ -164,3 +164,17 @@ def test_module_example_is_valid() -> None:
     policy = parse_policy(yaml.safe_load(example), source="example")
 
     assert [spec.label for spec in policy.output] == ["PrivateKey", "NoRefusalLight"]
+
+
+def test_output_secrets_takes_redact() -> None:
+    policy = parse_policy({"output": [{"type": "Secrets", "action": "redact"}, {"type": "Secrets", "name": "Keys"}]}, source="policy.yaml")
+
+    assert [spec.action for spec in policy.output] == ["redact", "block"]
+    assert all(isinstance(spec, OutputSecretsSpec) for spec in policy.output)
+
+
+def test_input_secrets_rejects_redact() -> None:
+    message = _error_of({"input": [{"type": "Secrets", "action": "redact"}]})
+
+    assert "input[0].action" in message
+    assert "'block' or 'flag'" in message

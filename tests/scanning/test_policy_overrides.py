@@ -100,3 +100,17 @@ def test_same_scanner_list_shares_chain() -> None:
     chains = build_input_chains(parse_policy_text(OVERRIDES, source="policy.yaml"))
 
     assert chains.for_request("acme", "/v1/completions") is chains.default
+
+
+def test_output_secrets_flag_names_line() -> None:
+    message = _error("output:\n  - type: Secrets\n    action: flag\n")
+
+    assert "line 3: output[0].action" in message
+    assert "use 'redact' or 'block'" in message
+
+
+def test_output_secrets_option_names_line() -> None:
+    message = _error("tenants:\n  acme:\n    output:\n      - type: Secrets\n        options: {redact_mode: partial}\n")
+
+    assert "line 5: tenants.acme.output[0].options.redact_mode" in message
+    assert "this entry takes no options" in message
