@@ -4,7 +4,8 @@ The telemetry service is the only process that opens ClickHouse. Everything
 else reads the `events` table by sending a request on `sluice.store.query`
 (core NATS request/reply):
 
-    request  {"sql": str, "parameters": {name: value}, "page_size": int, "offset": int}
+    request  {"sql": str, "parameters": {name: value}, "page_size": int, "offset": int,
+              "confine_to_tenant": str | null}
     reply    {"columns": [str], "rows": [[value]], "next_offset": int | null}
              or {"error": {"code": "invalid_query" | "store_unavailable", "message": str}}
 
@@ -15,6 +16,11 @@ and may contain fewer to stay under NATS's message size limit. `next_offset`
 is the offset of the next page, or null after the last row. Pages are stable
 only when the query has an ORDER BY. Datetimes arrive as ISO 8601 strings in
 UTC, decimals, UUIDs and IP addresses as strings, and NaN or infinity as null.
+
+`confine_to_tenant` marks SQL that an API user wrote (`POST /v1/analytics/query`).
+The store then accepts only SELECTs over the tables and functions that
+`services/telemetry/analytics_sql.py` allows, reads only that tenant's rows,
+and rejects a result of more rows than its analytics row cap.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ class StoreQuery(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     offset: int = Field(default=0, ge=0)
+    # None for the services' own queries, which may read every tenant's rows.
+    confine_to_tenant: str | None = Field(default=None, min_length=1)
 
     @field_validator("parameters")
     @classmethod
@@ -133,9 +141,14 @@ class StoreClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         offset: int = 0,
         timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
+        confine_to_tenant: str | None = None,
     ) -> StorePage:
-        """Run `sql` and return the page of at most `page_size` rows starting at row `offset`."""
-        request = _build_request(sql, parameters, page_size, offset)
+        """Run `sql` and return the page of at most `page_size` rows starting at row `offset`.
+
+        With `confine_to_tenant`, the store checks `sql` as an API user's
+        query and reads only that tenant's rows.
+        """
+        request = _build_request(sql, parameters, page_size, offset, confine_to_tenant)
         reply = await self._request(request, timeout_s)
         return _parse_reply(reply)
 
@@ -148,13 +161,35 @@ class StoreClient:
         timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
     ) -> list[list[Any]]:
         """Run `sql` page by page and return every row; `timeout_s` applies to each page."""
+        result = await self.query_all_pages(sql, parameters, page_size=page_size, timeout_s=timeout_s)
+        return result.rows
+
+    async def query_all_pages(
+        self,
+        sql: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
+        confine_to_tenant: str | None = None,
+    ) -> StorePage:
+        """Run `sql` page by page and return the columns and every row as one page; `timeout_s` applies to each page."""
+        columns: list[str] = []
         rows: list[list[Any]] = []
         offset: int | None = 0
         while offset is not None:
-            page = await self.query(sql, parameters, page_size=page_size, offset=offset, timeout_s=timeout_s)
+            page = await self.query(
+                sql,
+                parameters,
+                page_size=page_size,
+                offset=offset,
+                timeout_s=timeout_s,
+                confine_to_tenant=confine_to_tenant,
+            )
+            columns = page.columns
             rows.extend(page.rows)
             offset = _checked_next_offset(offset, page)
-        return rows
+        return StorePage(columns=columns, rows=rows)
 
     async def _request(self, request: StoreQuery, timeout_s: float) -> bytes:
         payload = request.model_dump_json().encode()
@@ -179,9 +214,17 @@ def _checked_next_offset(offset: int, page: StorePage) -> int | None:
     return page.next_offset
 
 
-def _build_request(sql: str, parameters: dict[str, Any] | None, page_size: int, offset: int) -> StoreQuery:
+def _build_request(
+    sql: str, parameters: dict[str, Any] | None, page_size: int, offset: int, confine_to_tenant: str | None
+) -> StoreQuery:
     try:
-        return StoreQuery(sql=sql, parameters=parameters or {}, page_size=page_size, offset=offset)
+        return StoreQuery(
+            sql=sql,
+            parameters=parameters or {},
+            page_size=page_size,
+            offset=offset,
+            confine_to_tenant=confine_to_tenant,
+        )
     except ValidationError as error:
         raise StoreQueryError(f"invalid store query: {describe_validation_error(error)}") from error
 

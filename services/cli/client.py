@@ -89,6 +89,18 @@ class SluiceClient:
         params = {key: value for key, value in {"since": since, "until": until}.items() if value}
         return await self._get_json("/v1/reports/summary", params=params)
 
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run read-only SQL over the key's tenant's events; return `{columns, rows}`.
+
+        Raises `ApiError` unless the API returns 200 (400 names what the store rejected).
+        """
+        body = {"sql": sql, "parameters": parameters or {}}
+        async with self._translate_errors():
+            response = await self._http.post("/v1/analytics/query", json=body)
+        if response.status_code != 200:
+            raise ApiError(response.status_code, _error_message(response))
+        return response.json()
+
     async def stream(self, stream_url: str, offset: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Yield the released messages of a request, chunks then the final message."""
         url = f"{stream_url}?offset={offset}" if offset else stream_url

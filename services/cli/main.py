@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -12,6 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
 from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
@@ -232,6 +235,60 @@ async def _report(client: SluiceClient, since: str | None, until: str | None) ->
             return TrafficSummary.model_validate(await client.summary(since, until))
         except ClientError as error:
             raise _fail(str(error)) from error
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One SELECT over the events table; it reads only your tenant's rows.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="A value for the placeholder {NAME:Type} in the SQL, as NAME=VALUE; repeatable."),
+    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Run read-only SQL over your tenant's events and print the result as a table."""
+    parameters = _query_parameters(param or [])
+    result = asyncio.run(_query(_client(url, api_key), sql, parameters))
+    console.print(_result_table(result["columns"], result["rows"]))
+    row_count = len(result["rows"])
+    console.print(f"{row_count} row" if row_count == 1 else f"{row_count} rows")
+
+
+def _query_parameters(pairs: list[str]) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        if not separator or not name:
+            raise _fail(f"invalid --param {pair!r}: write NAME=VALUE, e.g. --param type=request.accepted")
+        parameters[name] = value
+    return parameters
+
+
+async def _query(client: SluiceClient, sql: str, parameters: dict[str, str]) -> dict:
+    async with client:
+        try:
+            return await client.query(sql, parameters)
+        except ClientError as error:
+            raise _fail(str(error)) from error
+
+
+def _result_table(columns: list[str], rows: list[list]) -> Table:
+    # Text cells, so that brackets in stored values print as they are, not as Rich markup.
+    table = Table(show_header=True)
+    for column in columns:
+        table.add_column(Text(column))
+    for row in rows:
+        table.add_row(*(Text(_cell(value)) for value in row))
+    return table
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 @app.command()

@@ -35,6 +35,7 @@ from services.ingress.errors import install_error_handlers
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.projector import RequestStateProjector
 from services.ingress.quotas import QuotaLimiter
+from services.ingress.routes_analytics import analytics_router
 from services.ingress.routes_openai import CompletionServer, openai_router
 from services.ingress.routes_reports import reports_router
 from services.ingress.routes_requests import requests_router
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     streamer = ReleaseStreamer(release_log, state_store, settings.request_timeout_s)
     app.include_router(stream_router(authenticator, state_store, streamer))
     app.include_router(reports_router(tenant, lambda: broker.connection))
+    app.include_router(analytics_router(tenant, lambda: broker.connection))
     completions = CompletionServer(acceptor, release_log, canceller, settings.request_timeout_s)
     app.include_router(openai_router(tenant, completions, lambda: experiments.current))
     app.include_router(_health_router(broker, redis_client))

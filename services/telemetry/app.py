@@ -68,7 +68,11 @@ class TelemetryService:
         connection = await self._broker.connect()
         # Before the first batch, so no event is stored before the policy is known.
         await self._text_storage.start(connection.jetstream())
-        self._queries = StoreQueryHandler(store, connection.max_payload - REPLY_HEADROOM_BYTES)
+        self._queries = StoreQueryHandler(
+            store,
+            connection.max_payload - REPLY_HEADROOM_BYTES,
+            analytics_max_result_rows=self._tuning.analytics_max_result_rows,
+        )
         self._puller = self._build_puller(store)
         await self._puller.start(connection)
 

@@ -5,6 +5,11 @@ checked here (one SELECT, server-side parameters only), wrapped for paging as
 `SELECT * FROM (<sql>) LIMIT page_size + 1 OFFSET offset` (the extra row shows
 whether another page follows) and run on the store's read-only client. A plain
 `SELECT *` around a subquery keeps the subquery's ORDER BY.
+
+A request with `confine_to_tenant` (an API user's SQL) is first checked and
+rewritten by `analytics_sql`, and its result may have at most
+`analytics_max_result_rows` rows: the page that would pass the cap is
+rejected.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from services.telemetry.analytics_sql import confine_sql, confined_parameters, reject_file_output
+from services.telemetry.settings import DEFAULT_ANALYTICS_MAX_RESULT_ROWS
 from services.telemetry.store import EventStore
 from shared.store_client import StoreError, StoreQuery, StoreQueryError, describe_validation_error, error_reply
 
@@ -39,9 +46,16 @@ _PLACEHOLDER = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_]*\s*:[^}]+\}")
 class StoreQueryHandler:
     """Serves one store API request at a time; replies are JSON bytes of at most `max_reply_bytes`."""
 
-    def __init__(self, store: EventStore, max_reply_bytes: int) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        max_reply_bytes: int,
+        *,
+        analytics_max_result_rows: int = DEFAULT_ANALYTICS_MAX_RESULT_ROWS,
+    ) -> None:
         self._store = store
         self._max_reply_bytes = max_reply_bytes
+        self._analytics_max_result_rows = analytics_max_result_rows
 
     async def reply(self, data: bytes) -> bytes:
         """Run the request in `data` and return the reply: a page, or an error with code and message."""
@@ -61,8 +75,12 @@ class StoreQueryHandler:
 
     async def _run(self, data: bytes) -> dict[str, Any]:
         request = parse_request(data)
+        if request.confine_to_tenant is not None:
+            request = confine_request(request, self._analytics_max_result_rows)
         sql = paged_sql(request)
         columns, rows = await self._store.query(sql, request.parameters)
+        if request.confine_to_tenant is not None:
+            check_row_cap(rows, request, self._analytics_max_result_rows)
         return build_page(columns, rows, request, self._max_reply_bytes)
 
 
@@ -73,8 +91,42 @@ def parse_request(data: bytes) -> StoreQuery:
     except ValidationError as error:
         raise StoreQueryError(f"invalid store query: {describe_validation_error(error)}") from error
     _check_read_statement(request.sql)
+    reject_file_output(request.sql)
     _check_placeholders(request)
     return request
+
+
+def confine_request(request: StoreQuery, max_result_rows: int) -> StoreQuery:
+    """Return `request` rewritten to read only its tenant's rows, its page ending at the row cap at the latest.
+
+    Raises `StoreQueryError` when the SQL is rejected or `offset` is at or past the cap.
+    """
+    tenant = request.confine_to_tenant
+    if tenant is None:
+        raise ValueError("confine_request needs a request with confine_to_tenant set")
+    if request.offset >= max_result_rows:
+        raise StoreQueryError(
+            f"offset {request.offset} is at or past the analytics row cap of {max_result_rows} rows; "
+            "aggregate or filter the query so that its result fits"
+        )
+    return request.model_copy(
+        update={
+            "sql": confine_sql(request.sql, tenant),
+            "parameters": confined_parameters(request.parameters, tenant),
+            "page_size": min(request.page_size, max_result_rows - request.offset),
+        }
+    )
+
+
+def check_row_cap(rows: list[tuple[Any, ...]], request: StoreQuery, max_result_rows: int) -> None:
+    """Raise `StoreQueryError` when `rows`, the page of a confined request plus its extra row, pass the cap."""
+    # `confine_request` ends every page at the cap, so the extra row lies
+    # past the cap only when the result has more rows than the cap allows.
+    if request.offset + len(rows) > max_result_rows:
+        raise StoreQueryError(
+            f"the query returns more than {max_result_rows} rows, the analytics row cap; "
+            "aggregate, filter or add a LIMIT"
+        )
 
 
 def paged_sql(request: StoreQuery) -> str:

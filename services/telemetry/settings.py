@@ -33,6 +33,12 @@ DEFAULT_RETRY_DELAY_MAX_S = 60.0
 # ClickHouse stops a store API query after this many seconds, below the
 # store client's 30 s reply timeout, so the caller gets an error reply.
 DEFAULT_QUERY_MAX_EXECUTION_TIME_S = 20
+# An analytics query (an API user's SQL) whose result has more rows than this
+# is rejected, because a result that large belongs in an export, not in one
+# JSON reply. 10,000 rows of a few short columns make a few hundred
+# kilobytes. The reader session is readonly=1, which rejects the
+# `max_result_rows` setting, so the store applies the cap as a LIMIT.
+DEFAULT_ANALYTICS_MAX_RESULT_ROWS = 10_000
 
 
 class TelemetrySettings(BaseSettings):
@@ -51,6 +57,7 @@ class TelemetrySettings(BaseSettings):
     retry_delay_initial_s: float = Field(default=DEFAULT_RETRY_DELAY_INITIAL_S, gt=0)
     retry_delay_max_s: float = Field(default=DEFAULT_RETRY_DELAY_MAX_S, gt=0)
     query_max_execution_time_s: int = Field(default=DEFAULT_QUERY_MAX_EXECUTION_TIME_S, ge=1)
+    analytics_max_result_rows: int = Field(default=DEFAULT_ANALYTICS_MAX_RESULT_ROWS, ge=1)
 
     @model_validator(mode="after")
     def _check_retry_delays(self) -> TelemetrySettings:

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from typing import Any
 from uuid import UUID
 
+import clickhouse_connect
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -197,3 +198,29 @@ async def test_api_replies_iso_datetimes(telemetry_app: Settings, nats_client: N
     reply = await _ask(nats_client, sql="SELECT toDateTime64('2026-01-02 03:04:05.25', 6, 'UTC') AS ts")
 
     assert reply["rows"] == [["2026-01-02T03:04:05.250000+00:00"]]
+
+
+@pytest.mark.nats
+@pytest.mark.clickhouse
+async def test_api_confines_tenant_query(telemetry_app: Settings, nats_client: NatsClient) -> None:
+    writer = clickhouse_connect.get_client(dsn=telemetry_app.resolved_clickhouse_dsn)
+    try:
+        writer.command("INSERT INTO events (event_id, request_id, tenant, ts) VALUES ('e1', 'r1', 'globex', now64(6))")
+    finally:
+        writer.close()
+    sql = "SELECT count() FROM events WHERE tenant = 'globex' OR 1 = 1"
+
+    confined = await _ask(nats_client, sql=sql, confine_to_tenant="acme")
+    unconfined = await _ask(nats_client, sql=sql)
+
+    assert confined == {"columns": ["count()"], "rows": [[0]], "next_offset": None}
+    assert unconfined["rows"] == [[1]]
+
+
+@pytest.mark.nats
+@pytest.mark.clickhouse
+async def test_api_rejects_tenant_system_query(telemetry_app: Settings, nats_client: NatsClient) -> None:
+    reply = await _ask(nats_client, sql="SELECT name FROM system.tables", confine_to_tenant="acme")
+
+    assert reply["error"]["code"] == "invalid_query"
+    assert "system.tables is a system table" in reply["error"]["message"]
