@@ -10,6 +10,7 @@ from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 
 from services.telemetry.consumer import EventBatchWriter, RetryDelay
+from services.telemetry.metrics import ConsumerLagPoller, MetricsServer, TelemetryMetrics
 from services.telemetry.migrations import load_migrations
 from services.telemetry.puller import BatchPuller
 from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
@@ -45,6 +46,11 @@ class TelemetryService:
         )
         self._tuning = tuning
         self._broker = broker
+        self._metrics = TelemetryMetrics()
+        self._metrics_server = _metrics_server(self._metrics, settings.host, tuning.metrics_port)
+        self._lag_poller = ConsumerLagPoller(
+            TELEMETRY_CONSUMER, self._metrics.consumer_lag, tuning.lag_refresh_interval_s
+        )
         self._store: EventStore | None = None
         self._queries: StoreQueryHandler | None = None
         self._puller: BatchPuller | None = None
@@ -52,8 +58,12 @@ class TelemetryService:
     async def start(self) -> None:
         """Open ClickHouse, apply pending migrations, build the handlers and start pulling events.
 
-        Raises `StoreUnavailable` when ClickHouse cannot be opened or migrated.
+        Raises `StoreUnavailable` when ClickHouse cannot be opened or migrated,
+        and `OSError` when the metrics port cannot be bound.
         """
+        if self._metrics_server is not None:
+            # First, so that a port in use stops the service before it opens anything.
+            self._metrics_server.start()
         store = await asyncio.to_thread(
             EventStore.open, self._dsn, query_max_execution_time_s=self._tuning.query_max_execution_time_s
         )
@@ -75,13 +85,20 @@ class TelemetryService:
         )
         self._puller = self._build_puller(store)
         await self._puller.start(connection)
+        self._lag_poller.start(connection.jetstream())
 
     async def stop_pulling(self) -> None:
-        """Stop the pull loop while the connection is still up, so the batch in hand is acked or nacked."""
+        """Stop the pull loop while the connection is still up, so the batch in hand is acked or nacked.
+
+        The lag poller and the metrics endpoint stop after it.
+        """
         if self._puller is not None:
             await self._puller.stop()
             self._puller = None
         await self._text_storage.stop()
+        await self._lag_poller.stop()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
 
     async def close_store(self) -> None:
         """Close the store after the broker stopped; waits for a running ClickHouse call."""
@@ -97,7 +114,7 @@ class TelemetryService:
 
     def _build_puller(self, store: EventStore) -> BatchPuller:
         retry_delay = RetryDelay(self._tuning.retry_delay_initial_s, self._tuning.retry_delay_max_s)
-        writer = EventBatchWriter(store, retry_delay, lambda: self._text_storage.current)
+        writer = EventBatchWriter(store, retry_delay, lambda: self._text_storage.current, self._metrics)
         return BatchPuller(
             TELEMETRY_CONSUMER,
             writer.store_batch,
@@ -121,6 +138,11 @@ def make_app(settings: Settings, tuning: TelemetrySettings | None = None) -> Fas
     # `on_shutdown` hooks run before the broker closes the connection.
     app.on_shutdown(service.stop_pulling)
     return app
+
+
+def _metrics_server(metrics: TelemetryMetrics, host: str, port: int) -> MetricsServer | None:
+    # Port 0 turns the endpoint off rather than binding a random port.
+    return MetricsServer(metrics.registry, host, port) if port else None
 
 
 def _raw_body(message: StreamMessage) -> object:

@@ -8,6 +8,21 @@ is negatively acknowledged with a delay that doubles on each delivery, so
 JetStream redelivers it later and no message is acked before it is stored.
 A message that JetStream delivers again may have been stored before its ack
 was lost, so the store looks its event id up before inserting it.
+
+Memory and backpressure: the puller keeps at most two batches, each bounded
+by `batch_size` and `batch_max_bytes`, and hands a batch over only after the
+previous insert returned. A slow ClickHouse therefore slows the pull, and the
+backlog waits in JetStream. While ClickHouse is down, the negatively
+acknowledged messages still count toward the consumer's `max_ack_pending`
+(20,000, two default batches) until JetStream redelivers them. So the
+service tries at most that many messages per retry delay, and the rest of
+the backlog stays undelivered in the stream
+(`test_store_down_leaves_backlog_undelivered`).
+
+NOTE: the writer sends no in-progress acks. When an insert takes longer than
+the consumer's ack wait (30 s), JetStream redelivers the batch fetched
+meanwhile while it still waits. The writer skips those copies as recently
+inserted, so the cost is a second delivery, not a second row.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.msg import Msg
 
+from services.telemetry.metrics import TelemetryMetrics
 from services.telemetry.puller import delivery_count
 from services.telemetry.rows import EventRow, InvalidEvent, decode_event
 from services.telemetry.store import EventStore
@@ -54,17 +70,24 @@ class EventBatchWriter:
     """
 
     def __init__(
-        self, store: EventStore, retry_delay: RetryDelay, text_storage: Callable[[], TextStorage] | None = None
+        self,
+        store: EventStore,
+        retry_delay: RetryDelay,
+        text_storage: Callable[[], TextStorage] | None = None,
+        metrics: TelemetryMetrics | None = None,
     ) -> None:
         self._store = store
         self._retry_delay = retry_delay
         self._text_storage = text_storage
+        # Without `metrics`, the writer counts into a registry that no endpoint serves.
+        self._metrics = metrics or TelemetryMetrics()
 
     async def store_batch(self, messages: list[Msg]) -> None:
         """Insert the batch's valid events and ack them, and terminate the invalid ones.
 
         When the store fails, every valid message is nacked with the retry delay instead.
         """
+        self._metrics.batch_size.observe(len(messages))
         batch = await self._decode_or_terminate(messages)
         if not batch.messages:
             return
@@ -72,15 +95,20 @@ class EventBatchWriter:
         try:
             inserted = await self._store.insert_new(batch.first_deliveries, redelivered=batch.redeliveries)
         except StoreError as error:
+            self._metrics.insert_duration.observe(time.perf_counter() - started)
+            self._metrics.insert_retries.inc()
             await self._retry_later(batch.messages, error)
             return
+        duration_s = time.perf_counter() - started
+        self._metrics.insert_duration.observe(duration_s)
         await _ack_all(batch.messages)
+        self._metrics.events_written.inc(inserted)
         log.info(
             "event_batch_stored",
             events=len(batch.messages),
             inserted=inserted,
             duplicates=len(batch.messages) - inserted,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(duration_s * 1000, 3),
         )
 
     async def _decode_or_terminate(self, messages: list[Msg]) -> _DecodedBatch:

@@ -39,10 +39,19 @@ DEFAULT_QUERY_MAX_EXECUTION_TIME_S = 20
 # kilobytes. The reader session is readonly=1, which rejects the
 # `max_result_rows` setting, so the store applies the cap as a LIMIT.
 DEFAULT_ANALYTICS_MAX_RESULT_ROWS = 10_000
+# Off by default: every replica, the embedded stack and each test process
+# would otherwise contend for one fixed port on the host. Set a port, such
+# as 9464 (the OpenTelemetry Prometheus exporter's default), to serve
+# `/metrics`.
+DEFAULT_METRICS_PORT = 0
+# The consumer lag gauge reads the consumer's state at this interval, one
+# JetStream API request each time. Five seconds keeps the value fresher than
+# Prometheus's default scrape interval of 15 s.
+DEFAULT_LAG_REFRESH_INTERVAL_S = 5.0
 
 
 class TelemetrySettings(BaseSettings):
-    """Batching, retry and query limits of one telemetry process.
+    """Batching, retry, query and metrics settings of one telemetry process.
 
     Every field reads the environment variable `SLUICE_TELEMETRY_<FIELD NAME>`.
     """
@@ -58,6 +67,9 @@ class TelemetrySettings(BaseSettings):
     retry_delay_max_s: float = Field(default=DEFAULT_RETRY_DELAY_MAX_S, gt=0)
     query_max_execution_time_s: int = Field(default=DEFAULT_QUERY_MAX_EXECUTION_TIME_S, ge=1)
     analytics_max_result_rows: int = Field(default=DEFAULT_ANALYTICS_MAX_RESULT_ROWS, ge=1)
+    # The HTTP port of `/metrics` on `Settings.host`, or 0 to turn the endpoint off.
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
+    lag_refresh_interval_s: float = Field(default=DEFAULT_LAG_REFRESH_INTERVAL_S, gt=0)
 
     @model_validator(mode="after")
     def _check_retry_delays(self) -> TelemetrySettings:

@@ -11,6 +11,23 @@ finish before it closes the client.
 Events go in as JSONEachRow lines (`rows.EventRow.line`), so ClickHouse
 parses them in C++ rather than clickhouse-connect serialising Python values.
 
+Exactly once. JetStream delivers at least once, so the writer itself skips
+event ids that are stored already (`insert_new`). ClickHouse's insert
+deduplication is not used, because it drops a repeated insert only when the
+block hash or `insert_deduplication_token` matches an earlier insert. After a
+crash, JetStream redelivers the unacked messages in batches grouped
+differently and mixed with new messages, so no block repeats. A copy that still
+reaches the table has the same sorting key as the original, and
+ReplacingMergeTree collapses such copies in background merges, which may run
+at any later time. So "exactly once" holds under FINAL, and the crash tests
+count with this query:
+
+    SELECT count(), uniqExact(event_id) FROM events FINAL WHERE tenant = {tenant:String}
+
+Both values equal the number of distinct events published for the tenant.
+The exception is a copy that a stage republished on a later day than the
+original: its sorting key differs, so it stays a second row even under FINAL.
+
 clickhouse-connect's errors are translated here into `StoreQueryError` (the
 server rejected the query: it carries a ClickHouse error code) and
 `StoreUnavailable` (everything else), with the original as the cause.

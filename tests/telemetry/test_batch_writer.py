@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from structlog.testing import capture_logs
 
 from services.telemetry.consumer import EventBatchWriter, RetryDelay
+from services.telemetry.metrics import TelemetryMetrics
 from services.telemetry.migrations import load_migrations
 from services.telemetry.puller import BatchPuller
 from services.telemetry.rows import decode_event
@@ -155,3 +156,41 @@ async def _store_without_acking(nats_client: NatsClient, spec: ConsumerSpec, sto
         await asyncio.wait_for(inserted.wait(), SETTLE_WAIT_S)
     finally:
         await puller.stop()
+
+
+async def test_store_down_leaves_backlog_undelivered(nats_client: NatsClient, clickhouse_dsn: str) -> None:
+    # The consumer hands out at most two batches. While they wait for their
+    # retry, JetStream delivers nothing more, so the writer tries two inserts
+    # per retry delay and the rest of the backlog stays in the stream.
+    name = f"DOWN_{uuid.uuid4().hex[:8].upper()}"
+    spec = ConsumerSpec(stream=name, durable="telemetry", filter_subject=f"test.{name}.>", max_ack_pending=10)
+    jetstream = nats_client.jetstream()
+    await jetstream.add_stream(name=name, subjects=[spec.filter_subject])
+    await jetstream.add_consumer(name, consumer_config(spec))
+    # Without migrations there is no events table, so every insert fails.
+    store = EventStore.open(clickhouse_dsn, query_max_execution_time_s=5)
+    metrics = TelemetryMetrics()
+    writer = EventBatchWriter(store, RetryDelay(initial_s=60.0, max_s=60.0), metrics=metrics)
+    puller = BatchPuller(
+        spec, writer.store_batch, batch_size=5, batch_max_bytes=BATCH_MAX_BYTES, fetch_timeout_s=FETCH_TIMEOUT_S
+    )
+    await _publish(jetstream, spec, [envelope.model_dump_json().encode() for envelope in _failed_events(50)])
+
+    try:
+        with capture_logs() as logs:
+            await puller.start(nats_client)
+            await wait_for_log(logs, "event_batch_store_failed", SETTLE_WAIT_S)
+            # Several fetch timeouts, in which a writer without backoff would try again.
+            await asyncio.sleep(10 * FETCH_TIMEOUT_S)
+            await puller.stop()
+        info = await jetstream.consumer_info(name, spec.durable)
+    finally:
+        store.close()
+        await jetstream.delete_stream(name)
+
+    failed = [entry for entry in logs if entry["event"] == "event_batch_store_failed"]
+    assert [(entry["events"], entry["retry_delay_s"]) for entry in failed] == [(5, 60.0), (5, 60.0)]
+    assert metrics.registry.get_sample_value("sluice_telemetry_insert_retries_total") == 2
+    assert metrics.registry.get_sample_value("sluice_telemetry_events_written_total") == 0
+    assert info.num_ack_pending == 10
+    assert info.num_pending == 40
