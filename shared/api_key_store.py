@@ -45,6 +45,7 @@ async def create_api_key(
     name: str | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    admin: bool = False,
 ) -> CreatedKey:
     """Store a new key's record and return it with the plain key.
 
@@ -61,6 +62,7 @@ async def create_api_key(
         created_at=datetime.now(UTC),
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
+        admin=admin,
     )
     # `create` fails instead of overwriting when two keys share an id, which
     # the id length makes improbable.

@@ -80,6 +80,9 @@ class ApiKeyRecord(BaseModel):
     revoked_at: datetime | None = None
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    # An admin key's analytics SQL reads every tenant's rows; any other key
+    # reads only its own tenant's. False for records stored before the field.
+    admin: bool = False
 
     @field_validator("tenant")
     @classmethod

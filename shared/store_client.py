@@ -5,7 +5,7 @@ else reads the `events` table by sending a request on `sluice.store.query`
 (core NATS request/reply):
 
     request  {"sql": str, "parameters": {name: value}, "page_size": int, "offset": int,
-              "confine_to_tenant": str | null}
+              "confine_to_tenant": str | null, "user_sql": bool}
     reply    {"columns": [str], "rows": [[value]], "next_offset": int | null}
              or {"error": {"code": "invalid_query" | "store_unavailable", "message": str}}
 
@@ -17,10 +17,13 @@ is the offset of the next page, or null after the last row. Pages are stable
 only when the query has an ORDER BY. Datetimes arrive as ISO 8601 strings in
 UTC, decimals, UUIDs and IP addresses as strings, and NaN or infinity as null.
 
-`confine_to_tenant` marks SQL that an API user wrote (`POST /v1/analytics/query`).
+`user_sql` marks SQL that an API user wrote (`POST /v1/analytics/query`).
 The store then accepts only SELECTs over the tables and functions that
-`services/telemetry/analytics_sql.py` allows, reads only that tenant's rows,
-and rejects a result of more rows than its analytics row cap.
+`services/telemetry/analytics_sql.py` allows, and rejects a result of more
+rows than its analytics row cap. With `confine_to_tenant` it also reads only
+that tenant's rows. A tenant's key always sets it. An admin key's query
+leaves it null, so it reads every tenant's rows. `confine_to_tenant` implies
+`user_sql`.
 """
 
 from __future__ import annotations
@@ -82,8 +85,15 @@ class StoreQuery(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     offset: int = Field(default=0, ge=0)
-    # None for the services' own queries, which may read every tenant's rows.
+    # None for the services' own queries and an admin's analytics SQL, which may read every tenant's rows.
     confine_to_tenant: str | None = Field(default=None, min_length=1)
+    # True for SQL that an API user wrote, which the store checks and caps.
+    user_sql: bool = False
+
+    @property
+    def is_user_sql(self) -> bool:
+        """Whether the store must check and cap the SQL: an API user wrote it."""
+        return self.user_sql or self.confine_to_tenant is not None
 
     @field_validator("parameters")
     @classmethod
@@ -142,13 +152,14 @@ class StoreClient:
         offset: int = 0,
         timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
         confine_to_tenant: str | None = None,
+        user_sql: bool = False,
     ) -> StorePage:
         """Run `sql` and return the page of at most `page_size` rows starting at row `offset`.
 
-        With `confine_to_tenant`, the store checks `sql` as an API user's
-        query and reads only that tenant's rows.
+        With `user_sql` or `confine_to_tenant`, the store checks `sql` as an
+        API user's query; with `confine_to_tenant` it reads only that tenant's rows.
         """
-        request = _build_request(sql, parameters, page_size, offset, confine_to_tenant)
+        request = _build_request(sql, parameters, page_size, offset, confine_to_tenant, user_sql)
         reply = await self._request(request, timeout_s)
         return _parse_reply(reply)
 
@@ -172,6 +183,7 @@ class StoreClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         timeout_s: float = DEFAULT_QUERY_TIMEOUT_S,
         confine_to_tenant: str | None = None,
+        user_sql: bool = False,
     ) -> StorePage:
         """Run `sql` page by page and return the columns and every row as one page; `timeout_s` applies to each page."""
         columns: list[str] = []
@@ -185,6 +197,7 @@ class StoreClient:
                 offset=offset,
                 timeout_s=timeout_s,
                 confine_to_tenant=confine_to_tenant,
+                user_sql=user_sql,
             )
             columns = page.columns
             rows.extend(page.rows)
@@ -215,7 +228,12 @@ def _checked_next_offset(offset: int, page: StorePage) -> int | None:
 
 
 def _build_request(
-    sql: str, parameters: dict[str, Any] | None, page_size: int, offset: int, confine_to_tenant: str | None
+    sql: str,
+    parameters: dict[str, Any] | None,
+    page_size: int,
+    offset: int,
+    confine_to_tenant: str | None,
+    user_sql: bool,
 ) -> StoreQuery:
     try:
         return StoreQuery(
@@ -224,6 +242,7 @@ def _build_request(
             page_size=page_size,
             offset=offset,
             confine_to_tenant=confine_to_tenant,
+            user_sql=user_sql,
         )
     except ValidationError as error:
         raise StoreQueryError(f"invalid store query: {describe_validation_error(error)}") from error

@@ -55,16 +55,26 @@ def create(
         int | None,
         typer.Option(min=1, help="Maximum tokens per minute (estimated prompt tokens plus max_new_tokens). Default: unlimited."),
     ] = None,
+    admin: Annotated[
+        bool, typer.Option(help="Let the key's analytics SQL (`sluice query`) read every tenant's rows.")
+    ] = False,
     nats_url: NatsUrlOption = None,
 ) -> None:
     """Create a key and print it once: only its SHA-256 digest is stored."""
 
     async def operation(kv: KeyValue) -> ApiKeyRecord:
         created = await create_api_key(
-            kv, tenant, name=name, requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute
+            kv,
+            tenant,
+            name=name,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            admin=admin,
         )
         console.print(f"key id:  {created.record.key_id}")
         console.print(f"tenant:  {created.record.tenant}")
+        if created.record.admin:
+            console.print("admin:   yes (analytics SQL reads every tenant's rows)")
         # Printed without rich markup or wrapping so that it can be copied whole.
         typer.echo(f"api key: {created.plain_key}")
         return created.record
@@ -87,7 +97,10 @@ def list_keys(
         console.print("no API keys" + (f" for tenant {tenant}" if tenant else ""))
         return
     typer.echo(_keys_table(records))
-    typer.echo("RPM, TPM: limits in requests and tokens per minute; - means unlimited")
+    typer.echo(
+        "RPM, TPM: limits in requests and tokens per minute; - means unlimited. "
+        "ADMIN: analytics SQL reads every tenant's rows"
+    )
 
 
 @keys_app.command()
@@ -111,7 +124,7 @@ def revoke(
 
 def _keys_table(records: list[ApiKeyRecord]) -> str:
     """Return the records as plain columns, like `kubectl get`, so that the output stays whole in a pipe."""
-    header = ("ID", "TENANT", "NAME", "CREATED (UTC)", "REVOKED (UTC)", "RPM", "TPM")
+    header = ("ID", "TENANT", "NAME", "CREATED (UTC)", "REVOKED (UTC)", "RPM", "TPM", "ADMIN")
     rows = [header] + [
         (
             record.key_id,
@@ -121,6 +134,7 @@ def _keys_table(records: list[ApiKeyRecord]) -> str:
             _time(record.revoked_at),
             _limit(record.requests_per_minute),
             _limit(record.tokens_per_minute),
+            "yes" if record.admin else "no",
         )
         for record in records
     ]

@@ -1,7 +1,7 @@
 """`POST /v1/analytics/query`: read-only SQL over the caller's tenant's events, run by the telemetry store.
 
-Every API key is confined to its own tenant's rows, because the key model
-has no admin role. The telemetry service checks and rewrites the SQL
+A tenant's key is confined to its own tenant's rows. An admin key (`sluice
+keys create --admin`) reads every tenant's rows, under the same checks. The telemetry service checks and rewrites the SQL
 (`services/telemetry/analytics_sql.py`) and caps its run time and rows.
 """
 
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.ingress.auth import current_api_key
 from services.ingress.errors import ApiError, ServiceUnavailableError
 from shared.store_client import MAX_PAGE_SIZE, StoreClient, StoreError, StoreQueryError, StoreUnavailable
 
@@ -62,13 +63,19 @@ def analytics_router(
 
     @router.post("/query", response_model=AnalyticsQueryResult)
     async def run_query(tenant: Tenant, body: AnalyticsQueryBody) -> AnalyticsQueryResult:
-        """Run read-only SQL over the caller's tenant's rows; 400 names what the store rejected."""
+        """Run read-only SQL over the caller's tenant's rows, or every tenant's for an admin key; 400 names what the store rejected."""
+        key = current_api_key()
+        admin = key is not None and key.admin
         store = StoreClient(nats_client())
         try:
             # Pages as large as the store allows, so that a result within
             # the store's row cap takes one or two round trips.
             result = await store.query_all_pages(
-                body.sql, body.parameters, page_size=MAX_PAGE_SIZE, confine_to_tenant=tenant
+                body.sql,
+                body.parameters,
+                page_size=MAX_PAGE_SIZE,
+                confine_to_tenant=None if admin else tenant,
+                user_sql=True,
             )
         except StoreQueryError as error:
             raise InvalidQueryError(str(error)) from error
@@ -78,7 +85,7 @@ def analytics_router(
         except StoreError as error:
             log.error("analytics_query_failed", tenant=tenant, error=str(error))
             raise ApiError("analytics_query_failed", f"the analytics query failed: {error}") from error
-        log.info("analytics_query_served", tenant=tenant, rows=len(result.rows))
+        log.info("analytics_query_served", tenant=tenant, admin=admin, rows=len(result.rows))
         return AnalyticsQueryResult(columns=result.columns, rows=result.rows)
 
     return router

@@ -65,17 +65,20 @@ REJECTED_FUNCTION_PREFIXES = ("dict",)
 _SYSTEM_DATABASES = frozenset({"system", "information_schema"})
 
 
-def confine_sql(sql: str, tenant: str) -> str:
-    """Return `sql` rewritten to read only `tenant`'s rows; raises `StoreQueryError` naming what was rejected.
+def confine_sql(sql: str, tenant: str | None) -> str:
+    """Return `sql` checked and rewritten to read only `tenant`'s rows; raises `StoreQueryError` naming what was rejected.
 
-    The returned SQL uses the placeholder `{sluice_tenant:String}`: bind
-    `confined_parameters(parameters, tenant)` when running it.
+    With a tenant, the returned SQL uses the placeholder
+    `{sluice_tenant:String}`: bind `confined_parameters(parameters, tenant)`
+    when running it. With None (an admin's query) the SQL is checked the
+    same way and reads every tenant's rows.
     """
     reject_file_output(sql)
     query = _parse_one_query(sql)
     confined_tables = _checked_tables(query)
-    for table in confined_tables:
-        _replace_with_tenant_subquery(table)
+    if tenant is not None:
+        for table in confined_tables:
+            _replace_with_tenant_subquery(table)
     return query.sql(dialect=DIALECT, comments=False)
 
 
@@ -97,13 +100,13 @@ def reject_file_output(sql: str) -> None:
             raise StoreQueryError("store queries only read: INTO OUTFILE writes a file; remove the INTO clause")
 
 
-def confined_parameters(parameters: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """Return the user's parameters plus the tenant's; raises `StoreQueryError` if the user set the tenant's."""
+def confined_parameters(parameters: dict[str, Any], tenant: str | None) -> dict[str, Any]:
+    """Return the user's parameters plus the tenant's (none for an admin); raises `StoreQueryError` if the user set the tenant's."""
     if TENANT_PARAMETER in parameters:
         raise StoreQueryError(
             f"parameter {TENANT_PARAMETER!r} is reserved for the caller's tenant; rename your parameter"
         )
-    return {**parameters, TENANT_PARAMETER: tenant}
+    return dict(parameters) if tenant is None else {**parameters, TENANT_PARAMETER: tenant}
 
 
 def _parse_one_query(sql: str) -> exp.Query:

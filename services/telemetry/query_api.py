@@ -6,8 +6,9 @@ checked here (one SELECT, server-side parameters only), wrapped for paging as
 whether another page follows) and run on the store's read-only client. A plain
 `SELECT *` around a subquery keeps the subquery's ORDER BY.
 
-A request with `confine_to_tenant` (an API user's SQL) is first checked and
-rewritten by `analytics_sql`, and its result may have at most
+A request with `user_sql` or `confine_to_tenant` (an API user's SQL) is
+first checked by `analytics_sql`, and rewritten to its tenant's rows when it
+has `confine_to_tenant`. Its result may have at most
 `analytics_max_result_rows` rows: the page that would pass the cap is
 rejected.
 """
@@ -75,11 +76,11 @@ class StoreQueryHandler:
 
     async def _run(self, data: bytes) -> dict[str, Any]:
         request = parse_request(data)
-        if request.confine_to_tenant is not None:
+        if request.is_user_sql:
             request = confine_request(request, self._analytics_max_result_rows)
         sql = paged_sql(request)
         columns, rows = await self._store.query(sql, request.parameters)
-        if request.confine_to_tenant is not None:
+        if request.is_user_sql:
             check_row_cap(rows, request, self._analytics_max_result_rows)
         return build_page(columns, rows, request, self._max_reply_bytes)
 
@@ -97,13 +98,12 @@ def parse_request(data: bytes) -> StoreQuery:
 
 
 def confine_request(request: StoreQuery, max_result_rows: int) -> StoreQuery:
-    """Return `request` rewritten to read only its tenant's rows, its page ending at the row cap at the latest.
+    """Return an API user's `request` checked and, with `confine_to_tenant`, rewritten to read only that tenant's rows.
 
-    Raises `StoreQueryError` when the SQL is rejected or `offset` is at or past the cap.
+    Its page ends at the row cap at the latest. Raises `StoreQueryError`
+    when the SQL is rejected or `offset` is at or past the cap.
     """
     tenant = request.confine_to_tenant
-    if tenant is None:
-        raise ValueError("confine_request needs a request with confine_to_tenant set")
     if request.offset >= max_result_rows:
         raise StoreQueryError(
             f"offset {request.offset} is at or past the analytics row cap of {max_result_rows} rows; "

@@ -71,8 +71,21 @@ def test_list_shows_key_without_secret(nats_url: str) -> None:
 
     assert exit_code == 0
     [row] = [line for line in output.splitlines() if line.startswith(created.key_id)]
-    assert row.split() == [created.key_id, tenant, "ci", *row.split()[3:5], "-", "-", "9,000"]
+    assert row.split() == [created.key_id, tenant, "ci", *row.split()[3:5], "-", "-", "9,000", "no"]
     assert created.plain_key not in output
+
+
+def test_admin_key_stored_and_listed(nats_url: str) -> None:
+    tenant = new_tenant()
+    created = create_key(nats_url, tenant, "--admin")
+
+    exit_code, output = run_keys(nats_url, "list", "--tenant", tenant)
+
+    assert b'"admin":true' in read_bucket(nats_url)[created.key_id]
+    assert "admin:   yes" in created.output
+    assert exit_code == 0
+    [row] = [line for line in output.splitlines() if line.startswith(created.key_id)]
+    assert row.split()[-1] == "yes"
     assert hash_key(created.plain_key) not in output
 
 

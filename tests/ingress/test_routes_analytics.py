@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from services.cli.main import app as cli_app
 from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
+from shared.api_key_store import create_api_key, open_api_key_bucket
 from shared.subjects import STORE_QUERY_SUBJECT, STORE_QUEUE_GROUP
 
 from tests.ingress.support import ApiKeys, bearer
@@ -24,6 +25,9 @@ pytestmark = [pytest.mark.nats, pytest.mark.redis]
 MAX_RESULT_ROWS = 5
 # chDB stops a query after this long; no query of these tests comes near it.
 MAX_EXECUTION_TIME_S = 10
+# A key written to the bucket reaches the ingress's watch within milliseconds;
+# the limit only stops a broken watch from hanging the test.
+KEY_WATCH_WAIT_S = 10.0
 
 
 @pytest.fixture
@@ -49,6 +53,24 @@ async def store_api(ingress_nats_url: str, clickhouse_dsn: str) -> AsyncIterator
     await subscription.unsubscribe()
     await client.close()
     store.close()
+
+
+@pytest.fixture
+async def admin_key(http: httpx.AsyncClient, ingress_nats_url: str) -> str:
+    """Create an admin key in the API key bucket and return it once the ingress accepts it."""
+    connection = await nats.connect(ingress_nats_url)
+    try:
+        kv = await open_api_key_bucket(connection.jetstream())
+        created = await create_api_key(kv, "operations", name="analytics-admin", admin=True)
+    finally:
+        await connection.close()
+    # The ingress's watch applies the new record within milliseconds.
+    deadline = asyncio.get_running_loop().time() + KEY_WATCH_WAIT_S
+    while (await _post(http, created.plain_key, "SELECT 1")).status_code == 401:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the ingress did not accept the new admin key within {KEY_WATCH_WAIT_S} s")
+        await asyncio.sleep(0.05)
+    return created.plain_key
 
 
 async def _post(http: httpx.AsyncClient, key: str, sql: str, **fields: object) -> httpx.Response:
@@ -130,6 +152,22 @@ async def test_hostile_query_returns_400(
     assert error["code"] == "invalid_query"
     assert error["field"] == "sql"
     assert message in error["message"]
+
+
+@pytest.mark.clickhouse
+async def test_admin_key_counts_every_tenant(http: httpx.AsyncClient, admin_key: str, store_api: None) -> None:
+    response = await _post(http, admin_key, "SELECT tenant, count() AS events FROM events GROUP BY tenant ORDER BY tenant")
+
+    assert response.status_code == 200
+    assert response.json()["rows"] == [[tenant, count] for tenant, count in sorted(ROWS_BY_TENANT.items())]
+
+
+@pytest.mark.clickhouse
+async def test_admin_hostile_query_returns_400(http: httpx.AsyncClient, admin_key: str, store_api: None) -> None:
+    response = await _post(http, admin_key, "SELECT name FROM system.tables")
+
+    assert response.status_code == 400
+    assert "system.tables is a system table" in response.json()["error"]["message"]
 
 
 @pytest.mark.clickhouse
