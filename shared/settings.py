@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     # by default waiting tenants take turns equally.
     tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
+    # The HTTP port of each bus service's Prometheus `/metrics` on `host`, or
+    # 0 to turn it off. Off by default, because replicas on one host, the
+    # embedded stack and each test process would otherwise contend for one
+    # fixed port. The ingress serves `/metrics` on its HTTP port instead, and
+    # telemetry reads `SLUICE_TELEMETRY_METRICS_PORT`.
+    safety_metrics_port: int = Field(default=0, ge=0, le=65535)
+    assignment_metrics_port: int = Field(default=0, ge=0, le=65535)
+    inference_metrics_port: int = Field(default=0, ge=0, le=65535)
+    moderation_metrics_port: int = Field(default=0, ge=0, le=65535)
+
     log_level: str = "INFO"
 
     @property

@@ -6,8 +6,10 @@ from faststream import FastStream
 
 from services.assignment.assigner import Assigner
 from services.assignment.handler import ScreenedHandler
+from services.assignment.metrics import AssignmentMetrics
 from shared.bus import EventPublisher, make_broker
 from shared.config_store import EXPERIMENTS_KEY, WatchedConfig, experiments_parser
+from shared.metrics import metrics_endpoints
 from shared.pulling import ConcurrentPuller
 from shared.experiments import load_serving_config
 from shared.runtime_config import Parser
@@ -33,11 +35,15 @@ def make_app(settings: Settings) -> FastStream:
     load_serving_config(settings)
     assigner = WatchedConfig(EXPERIMENTS_KEY, settings.experiments_file, _assigner_parser(settings))
     broker = make_broker(settings.resolved_nats_url)
-    handler = ScreenedHandler(lambda: assigner.current, EventPublisher(broker))
+    metrics = AssignmentMetrics()
+    handler = ScreenedHandler(lambda: assigner.current, EventPublisher(broker), metrics)
+    endpoints = metrics_endpoints(
+        metrics.registry, settings.host, settings.assignment_metrics_port, "SLUICE_ASSIGNMENT_METRICS_PORT"
+    )
 
     puller = ConcurrentPuller(ASSIGNMENT_CONSUMER, handler.handle, max_in_flight=MAX_IN_FLIGHT)
     # The assigner starts first, so the first message finds the experiments loaded.
-    return build_app(SERVICE_NAME, broker, settings, pullers=[assigner, puller])
+    return build_app(SERVICE_NAME, broker, settings, pullers=[*endpoints, assigner, puller])
 
 
 def _assigner_parser(settings: Settings) -> Parser[Assigner]:

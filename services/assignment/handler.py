@@ -9,6 +9,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.assignment.assigner import Assigner
+from services.assignment.metrics import AssignmentMetrics
 from shared.bus import EventPublisher
 from shared.consuming import EnvelopeHandler, publish_if_expired
 from shared.events import AssignedPayload, Envelope, EventType, FailedPayload, ScreenedPayload, Verdict
@@ -32,9 +33,13 @@ class ScreenedHandler(EnvelopeHandler):
     stage: ClassVar[str] = STAGE
     event_types: ClassVar[tuple[EventType, ...]] = (EventType.SCREENED,)
 
-    def __init__(self, assigner: Callable[[], Assigner], publisher: EventPublisher) -> None:
+    def __init__(
+        self, assigner: Callable[[], Assigner], publisher: EventPublisher, metrics: AssignmentMetrics | None = None
+    ) -> None:
         self._assigner = assigner
         self._publisher = publisher
+        # A registry of the handler's own unless the service passes the one it serves.
+        self.metrics = metrics or AssignmentMetrics()
 
     async def process(self, msg: Msg, envelope: Envelope, payload: ScreenedPayload) -> None:
         if payload.verdict is Verdict.BLOCKED:
@@ -61,6 +66,7 @@ class ScreenedHandler(EnvelopeHandler):
             failed = FailedPayload(stage=STAGE, error_code=INVALID_SUBJECT_TOKEN, message=str(error))
             await self._publisher.publish(envelope.follow_up(EventType.FAILED, failed))
             return
+        self.metrics.record(assignment.experiment_key, assignment.variant.key)
         log.info(
             "request_assigned",
             experiment_key=assignment.experiment_key,

@@ -82,6 +82,9 @@ class _TenantQueue:
     # Doorbells heard for this tenant, so a fetch can tell whether one rang while it ran.
     doorbells: int = 0
     in_flight: int = 0
+    # The tenant's requests waiting in the consumer: the last fetched message's
+    # `num_pending` or the rescan's count, plus the doorbells heard since.
+    waiting: int = 0
 
 
 class AdmissionLoop:
@@ -128,6 +131,10 @@ class AdmissionLoop:
         self._doorbell: JetStreamContext.PushSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    def waiting_requests(self) -> int:
+        """Return the pool's requests waiting in JetStream for a slot, summed over tenants, as last counted."""
+        return sum(queue.waiting for queue in self._queues.values())
 
     async def start(self, jetstream: JetStreamContext) -> None:
         """Subscribe the doorbell, find the tenants that already have work, and start admitting."""
@@ -213,7 +220,8 @@ class AdmissionLoop:
             await asyncio.sleep(FETCH_ERROR_PAUSE_S)
             return None
         msg = messages[0] if messages else None
-        more_pending = msg is not None and msg.metadata.num_pending > 0
+        queue.waiting = msg.metadata.num_pending if msg is not None else 0
+        more_pending = queue.waiting > 0
         queue.has_work = more_pending or queue.doorbells != doorbells
         return msg
 
@@ -254,6 +262,7 @@ class AdmissionLoop:
             self._unbound.setdefault(tenant, None)
         else:
             queue.doorbells += 1
+            queue.waiting += 1
             queue.has_work = True
         self._work_arrived.set()
 
@@ -281,6 +290,7 @@ class AdmissionLoop:
             return
         # Unacked messages beyond this replica's own are waiting for redelivery or held by another replica.
         queue.has_work = consumer.num_pending > 0 or consumer.num_ack_pending > queue.in_flight
+        queue.waiting = consumer.num_pending
 
     async def _bind_unbound(self) -> None:
         """Create and bind the consumer of every tenant seen since the last call."""

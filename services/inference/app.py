@@ -12,11 +12,13 @@ from services.inference.cancellation import CancelListener, RunningRequests
 from services.inference.endpoint_pool import BackendFactory, EndpointPool
 from services.inference.generation import Generator
 from services.inference.handler import AssignedHandler
+from services.inference.metrics import InferenceMetrics
 from services.inference.openai_compatible import OpenAICompatibleBackend
 from services.inference.tgi import TgiBackend
 from shared.bus import EventPublisher, make_broker
 from shared.cancellation import CancelMarks
 from shared.experiments import BackendConfig, load_serving_config
+from shared.metrics import metrics_endpoints
 from shared.queue_positions import QueuePositions
 from shared.release_log import ReleaseLog
 from shared.service import build_app
@@ -45,7 +47,8 @@ def make_app(settings: Settings) -> FastStream:
     pools = make_pools(config.backends)
     running = RunningRequests()
     cancel_marks = CancelMarks(redis_client, settings.request_state_ttl_s)
-    handler = AssignedHandler(Generator(pools, publisher), release_log, publisher, running, cancel_marks)
+    metrics = InferenceMetrics()
+    handler = AssignedHandler(Generator(pools, publisher, metrics), release_log, publisher, running, cancel_marks)
     cancel_listener = CancelListener(lambda: broker.connection, running)
 
     async def close_clients() -> None:
@@ -60,6 +63,11 @@ def make_app(settings: Settings) -> FastStream:
         AdmissionLoop(name, backend.max_in_flight, handler.handle, positions, settings.tenant_weights)
         for name, backend in config.backends.items()
     ]
+    for loop in admission_loops:
+        metrics.watch_queue(loop.backend, loop.waiting_requests)
+    endpoints = metrics_endpoints(
+        metrics.registry, settings.host, settings.inference_metrics_port, "SLUICE_INFERENCE_METRICS_PORT"
+    )
     # The listener starts before the loops and stops after them, so no generation runs without it.
-    pullers = [cancel_listener, *admission_loops]
+    pullers = [*endpoints, cancel_listener, *admission_loops]
     return build_app(SERVICE_NAME, broker, settings, pullers=pullers, on_shutdown=close_clients)

@@ -22,6 +22,7 @@ from services.inference.backends import Backend, BackendError, BackendProtocolEr
 from services.inference.cancellation import CancelSignal
 from services.inference.coalescing import ChunkCoalescer
 from services.inference.endpoint_pool import EndpointPool
+from services.inference.metrics import InferenceMetrics
 from shared.bus import EventPublisher
 from shared.cancellation import CANCELLED
 from shared.events import (
@@ -74,9 +75,13 @@ class _Progress:
 class Generator:
     """Runs generation attempts against the configured backends. Safe to share between concurrent requests."""
 
-    def __init__(self, pools: Mapping[str, EndpointPool], publisher: EventPublisher) -> None:
+    def __init__(
+        self, pools: Mapping[str, EndpointPool], publisher: EventPublisher, metrics: InferenceMetrics | None = None
+    ) -> None:
         self._pools = dict(pools)
         self._publisher = publisher
+        # A registry of the generator's own unless the service passes the one it serves.
+        self.metrics = metrics or InferenceMetrics()
 
     async def run(
         self, envelope: Envelope, payload: AssignedPayload, attempt: int, cancel: CancelSignal | None = None
@@ -95,7 +100,8 @@ class Generator:
 
         log.info("generation_started", variant=payload.variant.key, backend=payload.variant.backend, attempt=attempt)
         streaming = self._stream_with_retries(pool, envelope, payload, attempt, progress)
-        cancelled, end = await _run_unless_cancelled(streaming, cancel)
+        with self.metrics.in_flight.labels(backend=progress.backend).track_inprogress():
+            cancelled, end = await _run_unless_cancelled(streaming, cancel)
         if cancelled and cancel is not None:
             await self.cancelled(envelope, attempt, cancel.reason or CANCELLED, progress)
         elif end is not None:
@@ -212,6 +218,8 @@ class Generator:
             attempt=attempt,
             backend_ttft_ms=progress.elapsed_ms,
         )
+        labels = {"backend": first_token.backend, "variant": first_token.variant_key}
+        self.metrics.ttft.labels(**labels).observe(first_token.backend_ttft_ms / 1000)
         await self._publisher.publish(envelope.follow_up(EventType.FIRST_TOKEN, first_token, attempt=attempt))
 
     async def _complete(
@@ -232,6 +240,7 @@ class Generator:
             stats=stats,
         )
         await self._publisher.publish(envelope.follow_up(EventType.COMPLETED, completed, attempt=attempt))
+        self._record_completion(completed)
         log.info(
             "generation_completed",
             variant=payload.variant.key,
@@ -243,6 +252,11 @@ class Generator:
             queue_ms=stats.queue_ms,
             ttft_ms=stats.ttft_ms,
         )
+
+    def _record_completion(self, completed: CompletedPayload) -> None:
+        labels = {"backend": completed.backend, "variant": completed.variant_key}
+        self.metrics.generation_duration.labels(**labels).observe(completed.generation_ms / 1000)
+        self.metrics.completion_tokens.labels(**labels).inc(completed.usage.completion_tokens)
 
 
 async def _run_unless_cancelled(

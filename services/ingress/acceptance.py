@@ -15,10 +15,12 @@ from datetime import timedelta
 
 import nats.errors
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from shared.bus import EventPublisher
 from shared.events import AcceptedPayload, Envelope, EventType, RequestSpec, new_envelope, utc_now
+from shared.trace_context import request_trace
 
 from services.ingress.errors import (
     IdempotencyKeyInUseError,
@@ -40,18 +42,15 @@ log = structlog.get_logger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 _IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")
 
-# W3C Trace Context `traceparent`: version-trace_id-parent_id-flags in lowercase hex.
-_TRACEPARENT_PATTERN = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-
 
 def trace_context(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
-    """Return the trace context to forward; a malformed `traceparent` is dropped, as W3C Trace Context requires."""
-    if traceparent is None or not _TRACEPARENT_PATTERN.match(traceparent.strip()):
-        return {}
-    context = {"traceparent": traceparent.strip()}
-    if tracestate:
-        context["tracestate"] = tracestate.strip()
-    return context
+    """Return the trace context of an accepted request: the client's, or a new trace when it sent no valid one.
+
+    A malformed `traceparent` is ignored, with its `tracestate`, as W3C Trace
+    Context requires. The `request.accepted` event is then published as a
+    child span of the returned context.
+    """
+    return request_trace(traceparent, tracestate)
 
 
 def prompt_chars(spec: RequestSpec) -> int:
@@ -93,8 +92,11 @@ class RequestAcceptor:
         max_prompt_chars: int,
         request_timeout_s: float,
         quotas: QuotaLimiter | None = None,
+        accepted_counter: Counter | None = None,
     ) -> None:
         self._quotas = quotas
+        # A counter labelled by tenant, or None to count nothing.
+        self._accepted_counter = accepted_counter
         self._state_store = state_store
         self._idempotency = idempotency
         self._publisher = publisher
@@ -135,6 +137,8 @@ class RequestAcceptor:
             # NOTE: when this write fails the request is queued but the client gets 503;
             # the unconfirmed key expires soon and a retry after that queues a second request.
             await self._idempotency.mark_accepted(tenant, idempotency_key, record)
+        if self._accepted_counter is not None:
+            self._accepted_counter.labels(tenant=tenant).inc()
         return Acceptance(record.request_id, repeated=False)
 
     def _check_size(self, spec: RequestSpec) -> int:

@@ -33,6 +33,7 @@ from services.ingress.auth import ApiKeyAuthenticator, tenant_dependency
 from services.ingress.cancellation import RequestCanceller
 from services.ingress.errors import install_error_handlers
 from services.ingress.idempotency import IdempotencyStore
+from services.ingress.metrics import IngressMetrics, RequestDurationMiddleware, metrics_router
 from services.ingress.projector import RequestStateProjector
 from services.ingress.quotas import QuotaLimiter
 from services.ingress.routes_analytics import analytics_router
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     release_log = ReleaseLog(redis_client, settings.request_state_ttl_s)
     queue_positions = QueuePositions(redis_client, settings.request_state_ttl_s)
     projector = RequestStateProjector(redis_client, state_store, release_log, queue_positions).puller()
+    metrics = IngressMetrics()
     acceptor = RequestAcceptor(
         state_store=state_store,
         idempotency=IdempotencyStore(redis_client, settings.idempotency_ttl_s),
@@ -89,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_prompt_chars=settings.max_prompt_chars,
         request_timeout_s=settings.request_timeout_s,
         quotas=QuotaLimiter(redis_client),
+        accepted_counter=metrics.requests_accepted,
     )
 
     # Checks both files now, so an invalid one fails here with its path in the message.
@@ -97,17 +100,19 @@ def create_app(settings: Settings) -> FastAPI:
     lifespan = _lifespan(broker, projector, redis_client, authenticator, experiments, settings)
     app = FastAPI(title="Sluice ingress", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(RequestDurationMiddleware, histogram=metrics.request_duration)
     tenant = tenant_dependency(authenticator)
     marks = CancelMarks(redis_client, settings.request_state_ttl_s)
     canceller = RequestCanceller(state_store, marks, publisher, queue_positions, lambda: broker.connection)
     app.include_router(requests_router(tenant, acceptor, state_store, canceller, queue_positions))
     streamer = ReleaseStreamer(release_log, state_store, settings.request_timeout_s)
-    app.include_router(stream_router(authenticator, state_store, streamer))
+    app.include_router(stream_router(authenticator, state_store, streamer, metrics.streams_in_flight))
     app.include_router(reports_router(tenant, lambda: broker.connection))
     app.include_router(analytics_router(tenant, lambda: broker.connection))
     completions = CompletionServer(acceptor, release_log, canceller, settings.request_timeout_s)
     app.include_router(openai_router(tenant, completions, lambda: experiments.current))
     app.include_router(_health_router(broker, redis_client))
+    app.include_router(metrics_router(metrics.registry))
     return app
 
 

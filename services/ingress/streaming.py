@@ -18,6 +18,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Query, WebSocket
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
@@ -110,7 +111,7 @@ async def _stream_until_done_or_gone(websocket: WebSocket, send_entries: asyncio
 
 
 def stream_router(
-    authenticator: ApiKeyAuthenticator, state_store: RequestStateStore, streamer: ReleaseStreamer
+    authenticator: ApiKeyAuthenticator, state_store: RequestStateStore, streamer: ReleaseStreamer, streams_in_flight: Gauge
 ) -> APIRouter:
     router = APIRouter(tags=["requests"])
 
@@ -123,8 +124,9 @@ def stream_router(
             if tenant is None:
                 return
             log.info("stream_opened", request_id=request_id, tenant=tenant, offset=offset)
-            send_entries = asyncio.create_task(streamer.send(websocket, tenant, request_id, offset))
-            close_code = await _stream_until_done_or_gone(websocket, send_entries)
+            with streams_in_flight.track_inprogress():
+                send_entries = asyncio.create_task(streamer.send(websocket, tenant, request_id, offset))
+                close_code = await _stream_until_done_or_gone(websocket, send_entries)
         except (WebSocketDisconnect, RedisError) as error:
             await _close_after_error(websocket, request_id, error)
             return

@@ -8,11 +8,13 @@ from faststream import FastStream
 
 from services.moderation.handler import ChunkHandler
 from services.moderation.holdback import OutputPolicy
+from services.moderation.metrics import ModerationMetrics
 from services.moderation.moderator import Moderator
 from services.moderation.sink import OutputSink
 from services.moderation.stream import StreamTable
 from shared.bus import EventPublisher, make_broker
 from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
+from shared.metrics import metrics_endpoints
 from shared.pulling import BatchPuller, one_at_a_time
 from shared.release_log import ReleaseLog
 from shared.scanning import Policy, load_policy
@@ -51,12 +53,17 @@ def make_app(settings: Settings) -> FastStream:
     sink = OutputSink(ReleaseLog(redis_client, settings.request_state_ttl_s), EventPublisher(broker))
     # A stream silent for a whole request timeout belongs to a request that every stage has given up on.
     table = StreamTable(idle_timeout_s=settings.request_timeout_s)
-    moderator = Moderator(lambda: scanners.current, sink, table)
+    metrics = ModerationMetrics()
+    moderator = Moderator(lambda: scanners.current, sink, table, metrics)
     handler = ChunkHandler(moderator)
+    endpoints = metrics_endpoints(
+        metrics.registry, settings.host, settings.moderation_metrics_port, "SLUICE_MODERATION_METRICS_PORT"
+    )
 
     puller = BatchPuller(MODERATION_CONSUMER, one_at_a_time(handler.handle), batch_size=FETCH_BATCH_SIZE)
     # The scanners start first, so the first message finds the policy loaded.
-    return build_app(SERVICE_NAME, broker, settings, pullers=[scanners, puller], on_shutdown=redis_client.aclose)
+    pullers = [*endpoints, scanners, puller]
+    return build_app(SERVICE_NAME, broker, settings, pullers=pullers, on_shutdown=redis_client.aclose)
 
 
 def _build_scanners(policy: Policy) -> OutputPolicy:

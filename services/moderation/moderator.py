@@ -15,11 +15,13 @@ arrives. Run one moderation replica.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 
 import structlog
 
 from services.moderation.holdback import OutputPolicy, OutputScanners
+from services.moderation.metrics import FULL_CHECK, HOLDBACK_CHECK, ModerationMetrics
 from services.moderation.sink import OutputSink
 from services.moderation.stream import ChunkOrder, Closing, OutputStream, StreamTable
 from shared.cancellation import CANCELLED
@@ -73,10 +75,19 @@ class Moderator:
     opens, by the envelope's tenant and route.
     """
 
-    def __init__(self, policy: Callable[[], OutputPolicy], sink: OutputSink, table: StreamTable) -> None:
+    def __init__(
+        self,
+        policy: Callable[[], OutputPolicy],
+        sink: OutputSink,
+        table: StreamTable,
+        metrics: ModerationMetrics | None = None,
+    ) -> None:
         self._policy = policy
         self._sink = sink
         self._table = table
+        # A registry of the moderator's own unless the service passes the one it serves.
+        self.metrics = metrics or ModerationMetrics()
+        self.metrics.watch_streams(table)
 
     @property
     def holdback_chars(self) -> int:
@@ -172,11 +183,13 @@ class Moderator:
         return stream
 
     async def _check(self, stream: OutputStream) -> None:
+        started = time.perf_counter()
         try:
             verdict = await _scanners_of(stream).holdback.check(stream)
         except ScannerFailed as error:
             stream.closing = self._scanner_failure(stream, error)
             return
+        self.metrics.check_duration.labels(check=HOLDBACK_CHECK).observe(time.perf_counter() - started)
         if verdict.blocked:
             stream.closing = self._blocked(stream, verdict, Usage())
 
@@ -189,8 +202,10 @@ class Moderator:
             message = end.error_message or f"generation failed with {end.error_code}"
             return Closing(final={"status": "failed", "error_code": end.error_code, "message": message})
         scanners = _scanners_of(stream)
+        started = time.perf_counter()
         try:
             verdict = await scanners.full_chain.scan_async(stream.text)
+            self.metrics.check_duration.labels(check=FULL_CHECK).observe(time.perf_counter() - started)
             if not verdict.blocked:
                 await scanners.holdback.settle_at_end(stream)
         except ScannerFailed as error:
@@ -309,6 +324,7 @@ class Moderator:
         return self._failure(SCANNER_FAILED, f"output moderation failed: {error}")
 
     def _log_verdict(self, stream: OutputStream, verdict: ChainResult) -> None:
+        self.metrics.record_verdict(verdict.blocked_by if verdict.blocked else None)
         log.info(
             "output_moderated",
             request_id=stream.request_id,

@@ -6,9 +6,11 @@ import structlog
 from faststream import FastStream
 
 from services.safety.handler import AcceptedHandler
+from services.safety.metrics import SafetyMetrics
 from services.safety.screening import Screener
 from shared.bus import EventPublisher, make_broker
 from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
+from shared.metrics import metrics_endpoints
 from shared.pulling import ConcurrentPuller
 from shared.scanning import Policy, build_input_chains, load_policy
 from shared.service import build_app
@@ -37,11 +39,13 @@ def make_app(settings: Settings) -> FastStream:
     # About 45 ms of CPU per rebuild of the shipped policy, so it runs in a worker thread.
     screener = WatchedConfig(POLICY_KEY, settings.policy_file, policy_parser(_build_screener), parse_in_thread=True)
     broker = make_broker(settings.resolved_nats_url)
-    handler = AcceptedHandler(lambda: screener.current, EventPublisher(broker))
+    metrics = SafetyMetrics()
+    handler = AcceptedHandler(lambda: screener.current, EventPublisher(broker), metrics)
+    endpoints = metrics_endpoints(metrics.registry, settings.host, settings.safety_metrics_port, "SLUICE_SAFETY_METRICS_PORT")
 
     puller = ConcurrentPuller(SAFETY_CONSUMER, handler.handle, max_in_flight=MAX_IN_FLIGHT)
     # The screener starts first, so the first message finds the policy loaded.
-    return build_app(SERVICE_NAME, broker, settings, pullers=[screener, puller])
+    return build_app(SERVICE_NAME, broker, settings, pullers=[*endpoints, screener, puller])
 
 
 def _build_screener(policy: Policy) -> Screener:

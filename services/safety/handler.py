@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
 from nats.aio.msg import Msg
 
+from services.safety.metrics import SafetyMetrics
 from services.safety.screening import STAGE, Screener
 from shared.bus import EventPublisher
 from shared.consuming import EnvelopeHandler
@@ -25,9 +27,16 @@ class AcceptedHandler(EnvelopeHandler):
     stage: ClassVar[str] = STAGE
     event_types: ClassVar[tuple[EventType, ...]] = (EventType.ACCEPTED,)
 
-    def __init__(self, screener: Callable[[], Screener], publisher: EventPublisher) -> None:
+    def __init__(
+        self, screener: Callable[[], Screener], publisher: EventPublisher, metrics: SafetyMetrics | None = None
+    ) -> None:
         self._screener = screener
         self._publisher = publisher
+        # A registry of the handler's own unless the service passes the one it serves.
+        self.metrics = metrics or SafetyMetrics()
 
     async def process(self, msg: Msg, envelope: Envelope, payload: AcceptedPayload) -> None:
-        await self._publisher.publish(await self._screener().screen(envelope, payload))
+        started = time.perf_counter()
+        follow_up = await self._screener().screen(envelope, payload)
+        self.metrics.record(follow_up, time.perf_counter() - started)
+        await self._publisher.publish(follow_up)

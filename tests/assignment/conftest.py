@@ -13,6 +13,7 @@ from faststream import TestApp
 from nats.js import JetStreamContext
 
 from services.assignment.app import make_app
+from shared.embedded.infrastructure import free_port
 from shared.settings import Settings
 from tests.support.jetstream import jetstream_client, private_nats
 
@@ -24,8 +25,13 @@ def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="package")
-async def assignment_service(bus_url: str) -> AsyncIterator[None]:
-    async with TestApp(make_app(Settings(nats_url=bus_url))):
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="package")
+async def assignment_service(bus_url: str, metrics_port: int) -> AsyncIterator[None]:
+    async with TestApp(make_app(Settings(nats_url=bus_url, assignment_metrics_port=metrics_port))):
         yield
 
 

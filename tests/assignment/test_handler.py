@@ -22,6 +22,7 @@ from services.assignment.handler import INVALID_SUBJECT_TOKEN
 from shared.subjects import ASSIGNMENT_CONSUMER, EVENTS_STREAM, assigned_subject, event_filter, event_subject
 from tests.support.envelopes import new_request_envelope
 from tests.support.jetstream import publish_envelope, published_events, wait_for_event, wait_until_settled
+from tests.support.metrics import sample_value, scrape, scrape_when
 
 pytestmark = pytest.mark.nats
 
@@ -171,3 +172,18 @@ async def _wait_for_redelivery(jetstream: JetStreamContext) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the assignment consumer never redelivered the message")
+
+
+async def test_assignment_counted(jetstream: JetStreamContext, metrics_port: int) -> None:
+    name = "sluice_assignment_assignments_total"
+    before = await scrape(metrics_port)
+    screened = _screened()
+
+    await publish_envelope(jetstream, screened)
+    assigned = await wait_for_event(jetstream, EventType.ASSIGNED, screened.request_id, WAIT_S)
+
+    variant = assigned.parsed_payload().variant.key
+    labels = {"experiment": "sampling-temperature", "variant": variant}
+    expected = (sample_value(before, name, **labels) or 0) + 1
+    after = await scrape_when(metrics_port, name, expected, WAIT_S, **labels)
+    assert sample_value(after, name, **labels) == expected

@@ -63,9 +63,13 @@ def write_backends(directory: Path, embedded_url: str, scripted_url: str) -> Pat
 
 
 @asynccontextmanager
-async def running_inference(bus_url: str, redis_url: str, backends_file: Path) -> AsyncIterator[None]:
-    """Run the inference service in this process until the block ends."""
-    settings = Settings(nats_url=bus_url, redis_url=redis_url, backends_file=backends_file)
+async def running_inference(
+    bus_url: str, redis_url: str, backends_file: Path, metrics_port: int = 0
+) -> AsyncIterator[None]:
+    """Run the inference service in this process until the block ends, with `/metrics` on `metrics_port` unless it is 0."""
+    settings = Settings(
+        nats_url=bus_url, redis_url=redis_url, backends_file=backends_file, inference_metrics_port=metrics_port
+    )
     async with TestApp(make_app(settings)):
         yield
 

@@ -45,11 +45,17 @@ def test_valid_traceparent_is_kept() -> None:
 
 
 def test_tracestate_without_traceparent_dropped() -> None:
-    assert trace_context(None, "vendor=1") == {}
+    context = trace_context(None, "vendor=1")
+
+    assert "tracestate" not in context
+    assert context["traceparent"].startswith("00-")
 
 
-def test_uppercase_traceparent_dropped() -> None:
-    assert trace_context(TRACEPARENT.upper(), None) == {}
+def test_uppercase_traceparent_replaced() -> None:
+    context = trace_context(TRACEPARENT.upper(), None)
+
+    assert context["traceparent"] != TRACEPARENT
+    assert context["traceparent"] != TRACEPARENT.upper()
 
 
 def test_long_idempotency_key_rejected() -> None:

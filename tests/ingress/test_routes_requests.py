@@ -152,17 +152,23 @@ async def test_traceparent_travels_in_envelope(http: httpx.AsyncClient, api_keys
     response = await http.post("/v1/requests", json=PROMPT_BODY, headers=headers)
 
     [event] = await _accepted_events(nats_client, response.json()["request_id"])
-    assert event.trace == {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+    _, trace_id, parent_id, _ = TRACEPARENT.split("-")
+    assert event.trace["trace_id"] == trace_id
+    assert event.trace["parent_span_id"] == parent_id
+    assert event.trace["traceparent"] == f"00-{trace_id}-{event.trace['span_id']}-01"
+    assert event.trace["tracestate"] == "vendor=1"
 
 
-async def test_malformed_traceparent_is_dropped(http: httpx.AsyncClient, api_keys: ApiKeys, nats_client: NatsClient) -> None:
+async def test_malformed_traceparent_starts_trace(http: httpx.AsyncClient, api_keys: ApiKeys, nats_client: NatsClient) -> None:
     headers = {**bearer(api_keys.acme), "traceparent": "not-a-trace"}
 
     response = await http.post("/v1/requests", json=PROMPT_BODY, headers=headers)
 
     assert response.status_code == 202
     [event] = await _accepted_events(nats_client, response.json()["request_id"])
-    assert event.trace == {}
+    assert len(event.trace["trace_id"]) == 32
+    assert len(event.trace["parent_span_id"]) == 16
+    assert event.trace["traceparent"] != "not-a-trace"
 
 
 async def test_accepted_request_reads_as_screening(http: httpx.AsyncClient, api_keys: ApiKeys) -> None:

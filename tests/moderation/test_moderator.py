@@ -37,6 +37,7 @@ from tests.moderation.support import (
     new_request_id,
     released_chunks,
 )
+from tests.support.metrics import render, sample_value
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis]
 
@@ -132,6 +133,30 @@ async def test_clean_output_events_published(moderator: Moderator, jetstream: Je
     assert delivered.chunks == len(await released_chunks(release_log, request_id))
     assert delivered.finish_reason == "length"
     assert delivered.usage.completion_tokens == 12
+
+
+async def test_clean_output_metrics(moderator: Moderator) -> None:
+    request_id = new_request_id()
+
+    await _stream(moderator, request_id, CLEAN_OUTPUT)
+    streaming = render(moderator.metrics.registry)
+    await moderator.handle_end(*end(request_id), deliveries=1)
+    ended = render(moderator.metrics.registry)
+
+    assert sample_value(streaming, "sluice_moderation_streams_held") == 1
+    assert sample_value(ended, "sluice_moderation_streams_held") == 0
+    checks = "sluice_moderation_check_duration_seconds_count"
+    assert sample_value(ended, checks, check="holdback") == len(CLEAN_OUTPUT)
+    assert sample_value(ended, checks, check="full") == 1
+    assert sample_value(ended, "sluice_moderation_verdicts_total", verdict="passed", scanner="none") == 1
+
+
+async def test_blocked_output_counted(moderator: Moderator) -> None:
+    await _stream(moderator, new_request_id(), ["Here it is: AKIAIOSF", "ODNN7EXAMPLE"])
+
+    exposition = render(moderator.metrics.registry)
+    assert sample_value(exposition, "sluice_moderation_verdicts_total", verdict="blocked", scanner="AwsAccessKey") == 1
+    assert sample_value(exposition, "sluice_moderation_verdicts_total", verdict="passed", scanner="none") is None
 
 
 async def test_possible_match_held_until_end(moderator: Moderator, release_log: ReleaseLog) -> None:

@@ -13,11 +13,13 @@ from nats.js import JetStreamContext
 from structlog.testing import capture_logs
 
 from services.safety.app import make_app
+from shared.embedded.infrastructure import free_port
 from shared.events import EventType, Verdict
 from shared.settings import Settings
 from shared.subjects import EVENTS_STREAM, SAFETY_CONSUMER, event_subject
 from tests.safety.support import accepted, user
 from tests.support.jetstream import jetstream_client, private_nats, publish_envelope, wait_for_event, wait_for_log
+from tests.support.metrics import sample_value, scrape, scrape_when
 
 pytestmark = pytest.mark.nats
 
@@ -32,8 +34,14 @@ def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def safety_service(bus_url: str, policy_file: Path) -> AsyncIterator[None]:
-    async with TestApp(make_app(Settings(nats_url=bus_url, policy_file=policy_file))):
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+async def safety_service(bus_url: str, policy_file: Path, metrics_port: int) -> AsyncIterator[None]:
+    settings = Settings(nats_url=bus_url, policy_file=policy_file, safety_metrics_port=metrics_port)
+    async with TestApp(make_app(settings)):
         yield
 
 
@@ -103,3 +111,18 @@ async def _ack_pending_drained(jetstream: JetStreamContext) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def test_blocked_verdict_counted(jetstream: JetStreamContext, metrics_port: int) -> None:
+    verdicts = "sluice_safety_verdicts_total"
+    durations = "sluice_safety_screening_duration_seconds_count"
+    before = await scrape(metrics_port)
+    blocked_before = sample_value(before, verdicts, verdict="blocked", scanner="Secrets") or 0
+    envelope = accepted(user("Is AKIAIOSFODNN7EXAMPLE a valid key?"))
+
+    await publish_envelope(jetstream, envelope)
+    await wait_for_event(jetstream, EventType.SCREENED, envelope.request_id, WAIT_S)
+
+    after = await scrape_when(metrics_port, verdicts, blocked_before + 1, WAIT_S, verdict="blocked", scanner="Secrets")
+    assert sample_value(after, verdicts, verdict="blocked", scanner="Secrets") == blocked_before + 1
+    assert sample_value(after, durations) == (sample_value(before, durations) or 0) + 1
