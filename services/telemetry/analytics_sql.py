@@ -27,10 +27,16 @@ from shared.store_client import StoreQueryError
 
 DIALECT = "clickhouse"
 
-# The tables an analytics query may read, each with its tenant column. Only
-# `events` has one, because schema_migrations (the other table that
-# schemas/clickhouse/ creates) belongs to no tenant.
-CONFINED_TABLES = {"events": "tenant"}
+# The tables an analytics query may read, each with its tenant column: every
+# table of schemas/clickhouse/ but schema_migrations, which belongs to no
+# tenant, and the materialized views, which only write to these tables.
+CONFINED_TABLES = {
+    "events": "tenant",
+    "request_signals": "tenant",
+    "request_signals_per_minute": "tenant",
+    "scanner_signals_per_minute": "tenant",
+    "drift_reports": "tenant",
+}
 
 # The query parameter that carries the caller's tenant, bound on the server.
 TENANT_PARAMETER = "sluice_tenant"

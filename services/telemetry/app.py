@@ -10,16 +10,17 @@ from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 
 from services.telemetry.consumer import EventBatchWriter, RetryDelay
-from services.telemetry.metrics import ConsumerLagPoller, MetricsServer, TelemetryMetrics
+from services.telemetry.metrics import ConsumerLagPoller, TelemetryMetrics
 from services.telemetry.migrations import load_migrations
 from services.telemetry.puller import BatchPuller
 from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
 from services.telemetry.settings import TelemetrySettings
 from services.telemetry.store import EventStore
 from services.telemetry.text_storage import TextStorage
-from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
-from shared.scanning.pii import PiiDetector
 from shared.bus import make_broker
+from shared.config_store import POLICY_KEY, WatchedConfig, policy_parser
+from shared.metrics import metrics_endpoints
+from shared.scanning.pii import PiiDetector
 from shared.service import build_app
 from shared.settings import Settings
 from shared.store_client import StoreUnavailable
@@ -47,7 +48,9 @@ class TelemetryService:
         self._tuning = tuning
         self._broker = broker
         self._metrics = TelemetryMetrics()
-        self._metrics_server = _metrics_server(self._metrics, settings.host, tuning.metrics_port)
+        self._metrics_endpoints = metrics_endpoints(
+            self._metrics.registry, settings.host, tuning.metrics_port, "SLUICE_TELEMETRY_METRICS_PORT"
+        )
         self._lag_poller = ConsumerLagPoller(
             TELEMETRY_CONSUMER, self._metrics.consumer_lag, tuning.lag_refresh_interval_s
         )
@@ -61,9 +64,10 @@ class TelemetryService:
         Raises `StoreUnavailable` when ClickHouse cannot be opened or migrated,
         and `OSError` when the metrics port cannot be bound.
         """
-        if self._metrics_server is not None:
-            # First, so that a port in use stops the service before it opens anything.
-            self._metrics_server.start()
+        connection = await self._broker.connect()
+        # Before the store opens, so that a port in use stops the service before it opens anything.
+        for endpoint in self._metrics_endpoints:
+            await endpoint.start(connection.jetstream())
         store = await asyncio.to_thread(
             EventStore.open, self._dsn, query_max_execution_time_s=self._tuning.query_max_execution_time_s
         )
@@ -75,7 +79,6 @@ class TelemetryService:
             await self.close_store()
             raise
         log.info("store_opened", migrations_applied=applied)
-        connection = await self._broker.connect()
         # Before the first batch, so no event is stored before the policy is known.
         await self._text_storage.start(connection.jetstream())
         self._queries = StoreQueryHandler(
@@ -97,8 +100,8 @@ class TelemetryService:
             self._puller = None
         await self._text_storage.stop()
         await self._lag_poller.stop()
-        if self._metrics_server is not None:
-            await asyncio.to_thread(self._metrics_server.stop)
+        for endpoint in self._metrics_endpoints:
+            await endpoint.stop()
 
     async def close_store(self) -> None:
         """Close the store after the broker stopped; waits for a running ClickHouse call."""
@@ -114,7 +117,9 @@ class TelemetryService:
 
     def _build_puller(self, store: EventStore) -> BatchPuller:
         retry_delay = RetryDelay(self._tuning.retry_delay_initial_s, self._tuning.retry_delay_max_s)
-        writer = EventBatchWriter(store, retry_delay, lambda: self._text_storage.current, self._metrics)
+        writer = EventBatchWriter(
+            store, retry_delay, lambda: self._text_storage.current, self._metrics, embed_prompts=self._tuning.embed_prompts
+        )
         return BatchPuller(
             TELEMETRY_CONSUMER,
             writer.store_batch,
@@ -138,11 +143,6 @@ def make_app(settings: Settings, tuning: TelemetrySettings | None = None) -> Fas
     # `on_shutdown` hooks run before the broker closes the connection.
     app.on_shutdown(service.stop_pulling)
     return app
-
-
-def _metrics_server(metrics: TelemetryMetrics, host: str, port: int) -> MetricsServer | None:
-    # Port 0 turns the endpoint off rather than binding a random port.
-    return MetricsServer(metrics.registry, host, port) if port else None
 
 
 def _raw_body(message: StreamMessage) -> object:

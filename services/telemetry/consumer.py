@@ -2,8 +2,9 @@
 
 Each batch comes from the durable pull consumer `telemetry`. A message that
 is not a valid envelope is terminated: JetStream never redelivers it and
-nothing is stored. The valid ones are inserted with one insert, and each is
-acknowledged only after the insert returned. When the store fails, the batch
+nothing is stored. The valid ones are inserted with one insert into
+`events`, their signal rows with a second one into `request_signals`, and
+each message is acknowledged only after both inserts returned. When the store fails, the batch
 is negatively acknowledged with a delay that doubles on each delivery, so
 JetStream redelivers it later and no message is acked before it is stored.
 A message that JetStream delivers again may have been stored before its ack
@@ -35,8 +36,10 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.telemetry.metrics import TelemetryMetrics
+from services.telemetry.prompt_embeddings import PromptEmbedder
 from services.telemetry.puller import delivery_count
 from services.telemetry.rows import EventRow, InvalidEvent, decode_event
+from services.telemetry.signals import Signal, SignalBuilder
 from services.telemetry.store import EventStore
 from services.telemetry.text_storage import TextStorage
 from shared.consuming import log_rejected
@@ -66,7 +69,9 @@ class EventBatchWriter:
     """Stores one batch of JetStream messages at a time and settles every message of it.
 
     `text_storage` returns the storage modes of the policy in force, read
-    once per batch; None stores every text as it arrived.
+    once per batch; None stores every text as it arrived. With
+    `embed_prompts`, each request.accepted signal row gets its prompt
+    embedding, computed in a worker thread before the insert.
     """
 
     def __init__(
@@ -75,10 +80,14 @@ class EventBatchWriter:
         retry_delay: RetryDelay,
         text_storage: Callable[[], TextStorage] | None = None,
         metrics: TelemetryMetrics | None = None,
+        *,
+        embed_prompts: bool = False,
     ) -> None:
         self._store = store
         self._retry_delay = retry_delay
         self._text_storage = text_storage
+        self._signals = SignalBuilder()
+        self._embedder = PromptEmbedder() if embed_prompts else None
         # Without `metrics`, the writer counts into a registry that no endpoint serves.
         self._metrics = metrics or TelemetryMetrics()
 
@@ -91,6 +100,9 @@ class EventBatchWriter:
         batch = await self._decode_or_terminate(messages)
         if not batch.messages:
             return
+        if self._embedder is not None:
+            # NOTE: a batch that fails to store is embedded again on each delivery.
+            await self._embedder.fill(batch.signals())
         started = time.perf_counter()
         try:
             inserted = await self._store.insert_new(batch.first_deliveries, redelivered=batch.redeliveries)
@@ -116,7 +128,7 @@ class EventBatchWriter:
         text_storage = self._text_storage() if self._text_storage is not None else None
         for message in messages:
             try:
-                row = decode_event(message.data, text_storage)
+                row = decode_event(message.data, text_storage, self._signals)
             except InvalidEvent as error:
                 await self._terminate(message, error)
                 continue
@@ -155,6 +167,10 @@ class _DecodedBatch:
             self.first_deliveries.append(row)
         else:
             self.redeliveries.append(row)
+
+    def signals(self) -> list[Signal]:
+        rows = self.first_deliveries + self.redeliveries
+        return [row.signal for row in rows if row.signal is not None]
 
 
 async def _ack_all(messages: Iterable[Msg]) -> None:

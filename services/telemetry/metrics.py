@@ -13,12 +13,10 @@ process (as in tests) do not collide in prometheus-client's global registry.
 from __future__ import annotations
 
 import asyncio
-import threading
-from wsgiref.simple_server import WSGIServer
 
 import structlog
 from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.consuming import BUS_ERRORS
 from shared.subjects import ConsumerSpec
@@ -69,40 +67,6 @@ class TelemetryMetrics:
             "Messages of the EVENTS stream that the telemetry consumer has not delivered yet (num_pending).",
             registry=self.registry,
         )
-
-
-class MetricsServer:
-    """Serves a registry at `http://HOST:PORT/metrics` from a daemon thread of prometheus-client."""
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        self._registry = registry
-        self._host = host
-        self._port = port
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Bind the port and start serving. Raises `OSError`, with the fix in its message, when the port is taken."""
-        try:
-            self._server, self._thread = start_http_server(self._port, addr=self._host, registry=self._registry)
-        except OSError as error:
-            raise OSError(
-                error.errno,
-                f"could not serve metrics on {self._host}:{self._port} ({error.strerror}); set "
-                "SLUICE_TELEMETRY_METRICS_PORT to a free port, or to 0 to turn the metrics endpoint off",
-            ) from error
-        log.info("metrics_server_started", host=self._host, port=self._port)
-
-    def stop(self) -> None:
-        """Stop serving and release the port. Blocks until the server thread ends."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = None
-        self._thread = None
-        log.info("metrics_server_stopped", port=self._port)
 
 
 class ConsumerLagPoller:

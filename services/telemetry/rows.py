@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from services.telemetry.signals import Signal, SignalBuilder, SignalEvent
 from services.telemetry.text_storage import TextStorage
 from shared.consuming import MalformedMessage, decode_message
 from shared.events import ACCEPTED_SCHEMA_VERSIONS, CURRENT_SCHEMA_VERSION, Envelope, EventType
@@ -54,7 +55,7 @@ class InvalidEvent(MalformedMessage):
 
 
 class EventRow(NamedTuple):
-    """One event ready to insert: its JSONEachRow line and the fields that the duplicate check reads."""
+    """One event ready to insert: its JSONEachRow line, the fields the duplicate check reads, and its signal row."""
 
     event_id: str
     tenant: str
@@ -62,6 +63,8 @@ class EventRow(NamedTuple):
     ts: datetime
     # A JSON object whose keys are `EVENT_COLUMNS`, without a line break.
     line: bytes
+    # The `request_signals` row, for the event types that have one.
+    signal: Signal | None = None
 
 
 class _StoredFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -85,30 +88,41 @@ _DECODER = msgspec.json.Decoder(_StoredFields)
 _ENCODER = msgspec.json.Encoder()
 
 
-def decode_event(data: bytes, text_storage: TextStorage | None = None) -> EventRow:
+def decode_event(
+    data: bytes, text_storage: TextStorage | None = None, signals: SignalBuilder | None = None
+) -> EventRow:
     """Parse one bus message into the row to store. Raises `InvalidEvent`.
 
     `text_storage` applies the policy's storage modes to the prompt and
-    output texts; None stores them as they arrived.
+    output texts; None stores them as they arrived. `signals` computes the
+    event's signal row; None computes none.
     """
     try:
         fields = _DECODER.decode(data)
     except msgspec.MsgspecError:
-        return _row_from_envelope(_decode_envelope(data), text_storage)
+        return _row_from_envelope(_decode_envelope(data), text_storage, signals)
     if fields.schema_version not in ACCEPTED_SCHEMA_VERSIONS:
         # The pydantic path raises the error that names the versions this build reads.
-        return _row_from_envelope(_decode_envelope(data), text_storage)
-    return _row(fields, text_storage)
+        return _row_from_envelope(_decode_envelope(data), text_storage, signals)
+    return _row(fields, text_storage, signals)
 
 
-def _row(fields: _StoredFields, text_storage: TextStorage | None) -> EventRow:
+def _row(fields: _StoredFields, text_storage: TextStorage | None, signals: SignalBuilder | None) -> EventRow:
     fields.ts = _stored_moment("ts", fields.ts)
     if fields.deadline is not None:
         fields.deadline = _stored_moment("deadline", fields.deadline)
-    fields.payload = _stored_payload(fields.payload, fields.type)
+    published = fields.payload
+    fields.payload = _stored_payload(published, fields.type)
     if text_storage is not None:
         fields.payload = text_storage.apply(fields.type, fields.tenant, fields.route, fields.payload)
-    return EventRow(fields.event_id, fields.tenant, fields.ts, _ENCODER.encode(fields))
+    signal = signals.build(_signal_event(fields, published)) if signals is not None else None
+    return EventRow(fields.event_id, fields.tenant, fields.ts, _ENCODER.encode(fields), signal)
+
+
+def _signal_event(fields: _StoredFields, published: dict[str, Any]) -> SignalEvent:
+    return SignalEvent(
+        fields.event_id, fields.type, fields.request_id, fields.tenant, fields.ts, published, fields.payload
+    )
 
 
 def _stored_payload(payload: dict[str, Any], event_type: EventType) -> dict[str, Any]:
@@ -124,7 +138,9 @@ def _decode_envelope(data: bytes) -> Envelope:
         raise InvalidEvent(str(error)) from error
 
 
-def _row_from_envelope(envelope: Envelope, text_storage: TextStorage | None) -> EventRow:
+def _row_from_envelope(
+    envelope: Envelope, text_storage: TextStorage | None, signals: SignalBuilder | None
+) -> EventRow:
     # The struct does not check types when built directly, and the encoder
     # writes the payload's Python values as JSON.
     fields = _StoredFields(
@@ -139,7 +155,7 @@ def _row_from_envelope(envelope: Envelope, text_storage: TextStorage | None) -> 
         route=envelope.route,
         payload=envelope.payload,  # type: ignore[arg-type]
     )
-    return _row(fields, text_storage)
+    return _row(fields, text_storage, signals)
 
 
 def _stored_moment(field: str, moment: datetime) -> datetime:

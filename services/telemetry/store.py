@@ -10,6 +10,8 @@ finish before it closes the client.
 
 Events go in as JSONEachRow lines (`rows.EventRow.line`), so ClickHouse
 parses them in C++ rather than clickhouse-connect serialising Python values.
+The signal rows of a batch (`signals.Signal.line`) go into `request_signals`
+the same way, in a second insert after the events insert.
 
 Exactly once. JetStream delivers at least once, so the writer itself skips
 event ids that are stored already (`insert_new`). ClickHouse's insert
@@ -27,6 +29,9 @@ count with this query:
 Both values equal the number of distinct events published for the tenant.
 The exception is a copy that a stage republished on a later day than the
 original: its sorting key differs, so it stays a second row even under FINAL.
+Signal rows are skipped by the same rules, checked against the signal rows
+stored, so a batch whose events insert succeeded and whose signals insert
+failed inserts only its signal rows when it is delivered again.
 
 clickhouse-connect's errors are translated here into `StoreQueryError` (the
 server rejected the query: it carries a ClickHouse error code) and
@@ -50,6 +55,7 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseDriverError
 from services.telemetry.migrations import Migration, apply_migrations
 from services.telemetry.recent_ids import EventKey, RecentIds
 from services.telemetry.rows import EVENT_COLUMNS, MIN_STORED_TIMESTAMP, EventRow
+from services.telemetry.signals import SIGNAL_COLUMNS
 from shared.store_client import StoreQueryError, StoreUnavailable
 
 T = TypeVar("T")
@@ -84,12 +90,19 @@ _INSERT_SETTINGS = {
     "optimize_on_insert": 0,
 }
 
-_STORED_IDS_SQL = """
-SELECT DISTINCT tenant, event_id FROM events
+_EVENTS_TABLE = "events"
+_SIGNALS_TABLE = "request_signals"
+
+_STORED_IDS_CONDITION = """
 WHERE tenant IN {tenants:Array(String)}
   AND ts >= {earliest:DateTime64(6, 'UTC')}
   AND event_id IN {event_ids:Array(String)}
 """
+# Per table, the query of which keys among `event_ids` the table stores.
+_STORED_IDS_SQL = {
+    table: f"SELECT DISTINCT tenant, event_id FROM {table}{_STORED_IDS_CONDITION}"
+    for table in (_EVENTS_TABLE, _SIGNALS_TABLE)
+}
 
 
 class EventStore:
@@ -101,6 +114,7 @@ class EventStore:
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-reader")
         self._recent_ids = RecentIds(RECENT_IDS_MAX)
+        self._recent_signal_ids = RecentIds(RECENT_IDS_MAX)
         self._closed = False
 
     @classmethod
@@ -123,7 +137,7 @@ class EventStore:
             return await self._call(self._writer_thread, apply_migrations, self._writer, migrations)
 
     async def insert_new(self, rows: list[EventRow], *, redelivered: list[EventRow] | None = None) -> int:
-        """Insert the rows whose event id is not stored yet, in one insert; return how many were inserted.
+        """Insert the new events, then their signal rows, one insert each; return how many events were inserted.
 
         A row is skipped when an earlier row of the call has its tenant and
         event id, or when this store inserted that key among its last
@@ -131,20 +145,27 @@ class EventStore:
         inserted by an earlier delivery whose ack was lost, perhaps by another
         process, so their keys are looked up in ClickHouse as well. Any other
         copy is inserted, and ReplacingMergeTree collapses it under FINAL.
+        Signal rows are skipped the same way, against the signal rows stored.
 
-        Raises `StoreUnavailable` when the lookup or the insert fails. The
-        batch may then be stored in full or not at all, and inserting it
-        again is safe either way.
+        Raises `StoreUnavailable` when a lookup or an insert fails. Each
+        table may then hold the batch in full or not at all, and inserting
+        it again is safe either way.
         """
         redelivered = redelivered or []
-        candidates = self._first_unseen(redelivered + rows)
+        arrived = redelivered + rows
+        redelivered_keys = {(row.tenant, row.event_id) for row in redelivered}
         with _unavailable_on_error("insert events"):
-            if redelivered:
-                candidates = await self._drop_stored(candidates, {(row.tenant, row.event_id) for row in redelivered})
-            if candidates:
-                await self._call(self._writer_thread, self._insert, list(candidates.values()))
-        self._recent_ids.add_all(candidates)
-        return len(candidates)
+            events = await self._new_rows(arrived, redelivered_keys, _EVENTS_TABLE, self._recent_ids)
+            if events:
+                await self._call(self._writer_thread, self._insert_events, list(events.values()))
+        self._recent_ids.add_all(events)
+        with _unavailable_on_error("insert signal rows"):
+            with_signal = [row for row in arrived if row.signal is not None]
+            signals = await self._new_rows(with_signal, redelivered_keys, _SIGNALS_TABLE, self._recent_signal_ids)
+            if signals:
+                await self._call(self._writer_thread, self._insert_signals, list(signals.values()))
+        self._recent_signal_ids.add_all(signals)
+        return len(events)
 
     async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run `sql` on the read-only client; return column names and rows.
@@ -171,30 +192,31 @@ class EventStore:
             raise StoreUnavailable("the event store is closed; the telemetry service is stopping")
         return await asyncio.get_running_loop().run_in_executor(thread, functools.partial(function, *args))
 
-    def _first_unseen(self, rows: list[EventRow]) -> dict[EventKey, EventRow]:
+    async def _new_rows(
+        self, rows: list[EventRow], keys_to_check: set[EventKey], table: str, recent_ids: RecentIds
+    ) -> dict[EventKey, EventRow]:
         # The first row of each key wins; later rows are the same event.
         firsts: dict[EventKey, EventRow] = {}
         for row in rows:
             key = (row.tenant, row.event_id)
-            if key not in firsts and key not in self._recent_ids:
+            if key not in firsts and key not in recent_ids:
                 firsts[key] = row
-        return firsts
-
-    async def _drop_stored(
-        self, candidates: dict[EventKey, EventRow], keys_to_check: set[EventKey]
-    ) -> dict[EventKey, EventRow]:
-        checked = [row for key, row in candidates.items() if key in keys_to_check]
+        checked = [row for key, row in firsts.items() if key in keys_to_check]
         if not checked:
-            return candidates
-        stored = await self._call(self._writer_thread, self._stored_keys, checked)
-        self._recent_ids.add_all(stored)
-        return {key: row for key, row in candidates.items() if key not in stored}
+            return firsts
+        stored = await self._call(self._writer_thread, self._stored_keys, table, checked)
+        recent_ids.add_all(stored)
+        return {key: row for key, row in firsts.items() if key not in stored}
 
-    def _insert(self, rows: list[EventRow]) -> None:
+    def _insert_events(self, rows: list[EventRow]) -> None:
         block = b"\n".join(row.line for row in rows)
-        self._writer.raw_insert("events", EVENT_COLUMNS, block, settings=_INSERT_SETTINGS, fmt="JSONEachRow")
+        self._writer.raw_insert(_EVENTS_TABLE, EVENT_COLUMNS, block, settings=_INSERT_SETTINGS, fmt="JSONEachRow")
 
-    def _stored_keys(self, rows: list[EventRow]) -> set[EventKey]:
+    def _insert_signals(self, rows: list[EventRow]) -> None:
+        block = b"\n".join(row.signal.line() for row in rows if row.signal is not None)
+        self._writer.raw_insert(_SIGNALS_TABLE, SIGNAL_COLUMNS, block, settings=_INSERT_SETTINGS, fmt="JSONEachRow")
+
+    def _stored_keys(self, table: str, rows: list[EventRow]) -> set[EventKey]:
         # NOTE: ClickHouse reads every event id of the tenants' rows since the
         # lookback bound, because event_id comes last in the sorting key, so a
         # lookup costs time in proportion to a day's events. That is why only
@@ -205,7 +227,7 @@ class EventStore:
             "earliest": earliest,
             "event_ids": [row.event_id for row in rows],
         }
-        result = self._writer.query(_STORED_IDS_SQL, parameters=parameters)
+        result = self._writer.query(_STORED_IDS_SQL[table], parameters=parameters)
         return {(tenant, event_id) for tenant, event_id in result.result_rows}
 
 

@@ -81,3 +81,18 @@ def test_tenant_parameter_added() -> None:
 def test_tenant_parameter_reserved() -> None:
     with pytest.raises(StoreQueryError, match="reserved"):
         confined_parameters({TENANT_PARAMETER: "globex"}, "acme")
+
+
+@pytest.mark.parametrize(
+    "table", ["request_signals", "request_signals_per_minute", "scanner_signals_per_minute", "drift_reports"]
+)
+def test_signal_tables_confined(table: str) -> None:
+    confined = confine_sql(f"SELECT count() FROM {table}", "acme")
+
+    assert f"FROM (SELECT * FROM {table} WHERE tenant = {{{TENANT_PARAMETER}: String}}) AS {table}" in confined
+
+
+def test_admin_query_checked_not_rewritten() -> None:
+    assert confine_sql("SELECT count() FROM request_signals", None) == "SELECT count() FROM request_signals"
+    with pytest.raises(StoreQueryError, match="system table"):
+        confine_sql("SELECT name FROM system.tables", None)

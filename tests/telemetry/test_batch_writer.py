@@ -27,6 +27,7 @@ from shared.bus import consumer_config
 from shared.events import Envelope, EventType, FailedPayload, new_envelope
 from shared.subjects import ConsumerSpec
 from tests.support.jetstream import wait_for_log, wait_until_settled
+from tests.telemetry.signal_events import request_events
 
 pytestmark = [pytest.mark.nats, pytest.mark.clickhouse]
 
@@ -137,6 +138,31 @@ async def test_redelivery_after_crash_not_stored_again(
     assert [(entry["events"], entry["inserted"], entry["duplicates"]) for entry in stored] == [(4, 0, 4)]
     assert info.num_ack_pending == 0
     assert await _raw_count(store) == 4
+
+
+async def test_signal_rows_with_embeddings(
+    nats_client: NatsClient, spec: ConsumerSpec, store: EventStore
+) -> None:
+    jetstream = nats_client.jetstream()
+    last = await _publish(jetstream, spec, [envelope.model_dump_json().encode() for envelope in request_events("r1")])
+    puller = _puller(spec, EventBatchWriter(store, RetryDelay(initial_s=0.1, max_s=0.5), embed_prompts=True))
+
+    await puller.start(nats_client)
+    try:
+        info = await wait_until_settled(jetstream, spec, last, SETTLE_WAIT_S)
+    finally:
+        await puller.stop()
+
+    assert info.num_ack_pending == 0
+    _, result = await store.query("SELECT type, length(prompt_embedding) FROM request_signals ORDER BY ts", {})
+    assert result == [
+        ("request.accepted", 384),
+        ("request.screened", 0),
+        ("request.assigned", 0),
+        ("generation.completed", 0),
+        ("output.moderated", 0),
+        ("output.delivered", 0),
+    ]
 
 
 async def _store_without_acking(nats_client: NatsClient, spec: ConsumerSpec, store: EventStore) -> None:

@@ -39,6 +39,14 @@ def test_first_apply_creates_events_table(client: Client) -> None:
 
 
 @pytest.mark.clickhouse
+def test_first_apply_creates_signal_tables(client: Client) -> None:
+    apply_migrations(client, load_migrations())
+
+    for table in ("request_signals", "request_signals_per_minute", "scanner_signals_per_minute"):
+        assert client.command(f"EXISTS TABLE {table}") == 1, table
+
+
+@pytest.mark.clickhouse
 def test_second_apply_changes_nothing(client: Client) -> None:
     apply_migrations(client, load_migrations())
 
