@@ -38,6 +38,8 @@ class EventType(str, enum.Enum):
     CANCELLED = "request.cancelled"
     # One row of a `sluice safety eval` run; its request_id is the run's id, not a request's.
     SAFETY_EVALUATED = "safety.evaluated"
+    # One (variant, signal) comparison of a drift evaluation. Its request_id is the evaluation's id.
+    DRIFT_EVALUATED = "drift.evaluated"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
     END = "generation.end"
@@ -271,6 +273,49 @@ class SafetyEvaluatedPayload(_Model):
     latency: LatencyPercentiles
 
 
+class DriftWindow(_Model):
+    """A window of samples that a drift evaluation compared: its time range and sample count."""
+
+    start: datetime
+    end: datetime
+    sample_count: int = Field(ge=0)
+
+
+class DriftStatistic(_Model):
+    """One statistic of a drift comparison, with the threshold it fires at."""
+
+    name: str
+    value: float
+    # None for a statistic reported for context only (a rate, a centroid distance), which never fires.
+    threshold: float | None
+    # "above" or "below": the side of the threshold on which the statistic fires.
+    direction: str
+    fired: bool
+
+
+class DriftEvaluatedPayload(_Model):
+    """The comparison of one signal of one model variant's current window with its frozen reference.
+
+    The drift service publishes one per compared (variant, signal) and
+    evaluation. Telemetry stores it, and a materialized view copies it into
+    the `drift_reports` table.
+    """
+
+    variant: str
+    # A `services.drift.signals.Signal` value, such as "output_chars".
+    signal: str
+    # "fired" when every alarm statistic crossed its threshold in this window, else "quiet".
+    outcome: str
+    # Whether an alert is active for (variant, signal) after this window, under the hysteresis rule.
+    alert_active: bool
+    reference: DriftWindow
+    current: DriftWindow
+    # The first statistic is the alarm statistic that an alert names.
+    statistics: list[DriftStatistic] = Field(min_length=1)
+    # The Bonferroni-corrected level of each KS and rate test in this evaluation.
+    per_test_alpha: float
+
+
 PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.ACCEPTED: AcceptedPayload,
     EventType.SCREENED: ScreenedPayload,
@@ -283,6 +328,7 @@ PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.EXPIRED: ExpiredPayload,
     EventType.CANCELLED: CancelledPayload,
     EventType.SAFETY_EVALUATED: SafetyEvaluatedPayload,
+    EventType.DRIFT_EVALUATED: DriftEvaluatedPayload,
     EventType.CHUNK: ChunkPayload,
     EventType.END: EndPayload,
 }
@@ -305,7 +351,9 @@ class Envelope(_Model):
 
     `deadline` is when the request stops being worth working on: a stage that
     receives it later publishes `request.expired` instead of doing the work.
-    `trace` carries W3C trace context (`traceparent`, `tracestate`) when set.
+    `trace` carries W3C trace context: `traceparent` and `tracestate` as in
+    the NATS headers, plus `trace_id`, `span_id` and `parent_span_id` of the
+    publish that wrote the event, so stored events join on `trace_id`.
     `route` is the HTTP route that accepted the request, such as
     "/v1/chat/completions", which selects the policy's route overrides; None
     for a request that no HTTP route accepted.

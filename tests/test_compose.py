@@ -12,8 +12,8 @@ import yaml
 from shared.settings import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-INFRASTRUCTURE = {"nats", "redis", "clickhouse", "tgi"}
-SLUICE_SERVICES = {"ingress", "safety", "assignment", "inference", "moderation", "telemetry"}
+INFRASTRUCTURE = {"nats", "redis", "clickhouse", "tgi", "prometheus", "grafana"}
+SLUICE_SERVICES = {"ingress", "safety", "assignment", "inference", "moderation", "telemetry", "drift"}
 
 
 def _services() -> dict:

@@ -89,6 +89,14 @@ class SluiceClient:
         params = {key: value for key, value in {"since": since, "until": until}.items() if value}
         return await self._get_json("/v1/reports/summary", params=params)
 
+    async def drift_states(self) -> dict[str, Any]:
+        """Return `{states}`: the latest drift comparison of every signal and model variant of the key's tenant."""
+        return await self._get_json("/v1/reports/drift")
+
+    async def drift_history(self, signal: str) -> dict[str, Any]:
+        """Return `{signal, points}`: the alarm statistic of `signal` at each evaluation, oldest first."""
+        return await self._get_json("/v1/reports/drift/history", params={"signal": signal})
+
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run read-only SQL over the key's tenant's events; return `{columns, rows}`.
 

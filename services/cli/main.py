@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,10 +19,12 @@ from rich.text import Text
 
 from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
+from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.keys import keys_app
 from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
+from services.drift.reports import DriftPoint, DriftState
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.settings import get_settings
 from shared.summary import TrafficSummary
@@ -215,15 +218,24 @@ async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_ne
 
 @app.command()
 def report(
-    name: Annotated[str, typer.Argument(help="Report name.")] = "summary",
+    name: Annotated[str, typer.Argument(help="Report name: summary or drift.")] = "summary",
     since: Annotated[str | None, typer.Option(help="Start of the time range, ISO 8601 (UTC if no offset).")] = None,
     until: Annotated[str | None, typer.Option(help="End of the time range, ISO 8601.")] = None,
+    plot: Annotated[
+        str | None, typer.Option(help="drift only: chart this signal's alarm statistic over time, e.g. output_chars.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="drift only: the chart file to write with --plot, ending in .svg or .html.")] = None,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Print a report over all traffic so far, read from ClickHouse."""
+    if name == "drift":
+        if since is not None or until is not None:
+            raise _fail("--since and --until apply to the summary report only. The drift report shows the latest state")
+        _drift_report(_client(url, api_key), plot, out)
+        return
     if name != "summary":
-        raise _fail(f"unknown report {name!r}; available reports: summary")
+        raise _fail(f"unknown report {name!r}; available reports: summary, drift")
     summary = asyncio.run(_report(_client(url, api_key), since, until))
     console.print("report: summary of all traffic, from ClickHouse; TTFT runs from acceptance to the first generated token")
     console.print(summary_table(summary, "report summary"))
@@ -233,6 +245,35 @@ async def _report(client: SluiceClient, since: str | None, until: str | None) ->
     async with client:
         try:
             return TrafficSummary.model_validate(await client.summary(since, until))
+        except ClientError as error:
+            raise _fail(str(error)) from error
+
+
+def _drift_report(client: SluiceClient, signal: str | None, out: Path | None) -> None:
+    if signal is None and out is None:
+        body = asyncio.run(_fetch(client, lambda: client.drift_states()))
+        states = [DriftState.model_validate(state) for state in body["states"]]
+        console.print(drift_table(states))
+        if not states:
+            console.print("no drift results yet. The drift service writes them once a window contains enough samples")
+        return
+    if signal is None or out is None:
+        raise _fail("--plot SIGNAL and --out FILE go together, e.g. --plot output_chars --out drift.svg")
+    if out.suffix not in CHART_SUFFIXES:
+        raise _fail(f"invalid --out {out}: the chart is written as SVG, so use a file name ending in .svg or .html")
+    body = asyncio.run(_fetch(client, lambda: client.drift_history(signal)))
+    points = [DriftPoint.model_validate(point) for point in body["points"]]
+    try:
+        write_chart(signal, points, out)
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    console.print(f"wrote {out}: {len(points)} points of {signal}")
+
+
+async def _fetch(client: SluiceClient, request: Callable[[], Awaitable[dict]]) -> dict:
+    async with client:
+        try:
+            return await request()
         except ClientError as error:
             raise _fail(str(error)) from error
 

@@ -1,4 +1,4 @@
-"""`GET /v1/reports/summary`: the caller's traffic summary, computed by the telemetry service's store."""
+"""`GET /v1/reports/summary` and `/v1/reports/drift`: the caller's traffic summary and drift state, read from the telemetry service's store."""
 
 # No `from __future__ import annotations`: FastAPI must evaluate the route
 # signatures, which refer to dependencies local to the router factory.
@@ -11,6 +11,8 @@ import structlog
 from fastapi import APIRouter, Depends, Query
 from nats.aio.client import Client as NatsClient
 
+from services.drift.reports import DriftHistory, DriftStates, drift_history, latest_drift_states
+from services.drift.signals import Signal
 from shared.reports import summary_report
 from shared.store_client import StoreClient, StoreError, StoreUnavailable
 from shared.summary import TrafficSummary
@@ -53,4 +55,35 @@ def reports_router(tenant_dependency: Callable[..., Awaitable[str]], nats_client
             log.error("summary_report_failed", tenant=tenant, error=str(error))
             raise ApiError("report_failed", f"the summary report failed: {error}") from error
 
+    @router.get("/drift", response_model=DriftStates)
+    async def read_drift(tenant: Tenant) -> DriftStates:
+        """Return the latest drift comparison of every signal and model variant of the caller's tenant."""
+        try:
+            return DriftStates(states=await latest_drift_states(StoreClient(nats_client()), tenant))
+        except StoreError as error:
+            raise _drift_report_error(tenant, error) from error
+
+    @router.get("/drift/history", response_model=DriftHistory)
+    async def read_drift_history(
+        tenant: Tenant,
+        signal: Annotated[str, Query(description="The signal to read, such as output_chars.")],
+    ) -> DriftHistory:
+        """Return the alarm statistic of one signal at each evaluation, per model variant, oldest first."""
+        if signal not in {member.value for member in Signal}:
+            known = ", ".join(sorted(Signal))
+            raise InvalidRequestError("unknown_signal", f"unknown signal {signal!r}. Known signals: {known}", field="signal")
+        try:
+            points = await drift_history(StoreClient(nats_client()), tenant, signal)
+        except StoreError as error:
+            raise _drift_report_error(tenant, error) from error
+        return DriftHistory(signal=signal, points=points)
+
     return router
+
+
+def _drift_report_error(tenant: str, error: StoreError) -> ApiError:
+    if isinstance(error, StoreUnavailable):
+        log.warning("drift_report_unavailable", tenant=tenant, error=str(error))
+        return ServiceUnavailableError("store_unavailable", f"the telemetry store did not respond: {error}")
+    log.error("drift_report_failed", tenant=tenant, error=str(error))
+    return ApiError("report_failed", f"the drift report failed: {error}")

@@ -77,6 +77,9 @@ BUS_SERVICES = (
     # for. Requests assigned before it runs wait in JetStream.
     ServiceSpec("inference", None),
     ServiceSpec("moderation", MODERATION_CONSUMER),
+    # Drift reads the store on a schedule and consumes nothing, so there is
+    # no pull request to wait for.
+    ServiceSpec("drift", None),
     ServiceSpec("ingress", REQUEST_STATE_CONSUMER),
 )
 
