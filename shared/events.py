@@ -302,7 +302,7 @@ class DriftEvaluatedPayload(_Model):
     """
 
     variant: str
-    # A `services.drift.signals.Signal` value, such as "output_chars".
+    # A `shared.drift_signals.Signal` value, such as "output_chars".
     signal: str
     # "fired" when every alarm statistic crossed its threshold in this window, else "quiet".
     outcome: str

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from services.drift.reports import DriftPoint, DriftState
+from shared.drift_reports import DriftPoint, DriftState
 
 CHART_SUFFIXES = (".svg", ".html")
 

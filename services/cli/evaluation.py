@@ -1,7 +1,7 @@
 """Scoring the input scanners of a policy on the labelled prompt files: detection, false positives and latency.
 
 A positive is a prompt labelled injection or harmful (giskard's jailbreaks
-included), a negative one labelled benign; `services.modelops.prompt_data`
+included), a negative one labelled benign; `shared.scanning.prompt_data`
 reads the files and maps the labels. Each scanner set runs as the safety
 service runs it: one chain, in policy order, each scanner reading the text
 as the scanners before it sanitized it.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.modelops.prompt_data import BENIGN, LabelledPrompt, load_prompts, read_split
 from shared.events import LatencyPercentiles, SafetyEvaluatedPayload
 from shared.scanning import Policy, build_input_chain
+from shared.scanning.prompt_data import BENIGN, LabelledPrompt, load_prompts, read_split
 
 ALL_DATASETS = "all"
 WHOLE_CHAIN = "whole chain"

@@ -19,12 +19,12 @@ from rich.text import Text
 
 from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
-from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
+from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
 from services.cli.keys import keys_app
 from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
-from services.drift.reports import DriftPoint, DriftState
+from shared.drift_reports import DriftPoint, DriftState
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.settings import get_settings
 from shared.summary import TrafficSummary

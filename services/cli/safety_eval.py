@@ -20,11 +20,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.evaluation import select_prompts
 from services.cli.evaluation import evaluate as evaluate_policy
+from services.cli.evaluation import select_prompts
 from services.cli.nats_buckets import CONNECT_TIMEOUT_S, NatsUrlOption, fail
-from shared.logs import configure_logging
 from shared.events import Envelope, EventType, SafetyEvaluatedPayload, derive_event_id, utc_now
+from shared.logs import configure_logging
 from shared.scanning import PolicyError, ScannerFailed, configure_scanner_runtime, load_policy
 from shared.settings import REPO_ROOT, get_settings
 from shared.subjects import EVENTS_STREAM, check_subject_token, event_subject

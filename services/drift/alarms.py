@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from services.drift.results import StatisticResult
-from services.drift.signals import Signal
 from services.drift.windows import WindowBounds
+from shared.drift_signals import Signal
 
 
 class AlertStatus(StrEnum):

@@ -12,8 +12,8 @@ from services.drift.embeddings import centroid_cosine_distance, domain_classifie
 from services.drift.numeric import ks_test, population_stability_index
 from services.drift.rates import rate_test
 from services.drift.results import StatisticResult
-from services.drift.signals import Signal, SignalKind
 from services.drift.windows import WindowBounds, WindowPair
+from shared.drift_signals import Signal, SignalKind
 
 # Signal kinds whose alarm includes one p-value test. The Bonferroni
 # correction divides the family's alpha among these tests.

@@ -27,10 +27,10 @@ from services.drift.config import DriftSettings
 from services.drift.detector import Detector, DriftReport, Outcome
 from services.drift.metrics import DriftMetrics
 from services.drift.publishing import ResultPublisher, alert_message, result_envelopes
-from services.drift.signals import Signal
 from services.drift.source import SOURCED_SIGNALS, SignalSource
 from services.drift.windows import DriftWindows
 from shared.consuming import BUS_ERRORS
+from shared.drift_signals import Signal
 from shared.events import utc_now
 from shared.store_client import StoreError
 

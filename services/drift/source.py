@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from services.drift.signals import Signal
 from services.drift.windows import SignalWindow
+from shared.drift_signals import Signal
 from shared.events import EventType
 from shared.store_client import MAX_PAGE_SIZE, StoreClient
 

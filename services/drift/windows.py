@@ -18,7 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
-from services.drift.signals import Signal, SignalKind
+from shared.drift_signals import Signal, SignalKind
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ import structlog
 from fastapi import APIRouter, Depends, Query
 from nats.aio.client import Client as NatsClient
 
-from services.drift.reports import DriftHistory, DriftStates, drift_history, latest_drift_states
-from services.drift.signals import Signal
+from services.ingress.errors import ApiError, InvalidRequestError, ServiceUnavailableError
+from shared.drift_reports import DriftHistory, DriftStates, drift_history, latest_drift_states
+from shared.drift_signals import Signal
 from shared.reports import summary_report
 from shared.store_client import StoreClient, StoreError, StoreUnavailable
 from shared.summary import TrafficSummary
-
-from services.ingress.errors import ApiError, InvalidRequestError, ServiceUnavailableError
 
 log = structlog.get_logger(__name__)
 

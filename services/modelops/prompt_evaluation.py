@@ -6,8 +6,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.modelops.prompt_data import BENIGN, BENIGN_FILES, XSTEST_FILE, LabelledPrompt
 from shared.scanning.classifier import PromptClassifier
+from shared.scanning.prompt_data import BENIGN, BENIGN_FILES, XSTEST_FILE, LabelledPrompt
 
 
 @dataclass

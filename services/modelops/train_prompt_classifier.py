@@ -25,7 +25,9 @@ from scipy.sparse import vstack
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from services.modelops.prompt_data import (
+from services.modelops.prompt_evaluation import evaluate, format_evaluation
+from shared.scanning.classifier import DEFAULT_MODEL_DIR, SETTINGS_FILE, SPLIT_FILE, WEIGHTS_FILE, PromptClassifier
+from shared.scanning.prompt_data import (
     ATTACK_CLASSES,
     BENIGN,
     CLASSES,
@@ -34,8 +36,6 @@ from services.modelops.prompt_data import (
     load_prompts,
     write_split,
 )
-from services.modelops.prompt_evaluation import evaluate, format_evaluation
-from shared.scanning.classifier import DEFAULT_MODEL_DIR, SETTINGS_FILE, SPLIT_FILE, WEIGHTS_FILE, PromptClassifier
 from shared.scanning.prompt_encoder import PromptEncoder, load_prompt_encoder
 from shared.scanning.prompt_features import normalize_prompt, screen_features, screen_vectorizer, screen_windows
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from services.cli.drift_report import drift_table, write_chart
 from services.cli.main import app
-from services.drift.reports import DriftPoint, DriftState
+from shared.drift_reports import DriftPoint, DriftState
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 SVG = "{http://www.w3.org/2000/svg}"

@@ -12,7 +12,6 @@ import pytest
 from shared.api_key_store import API_KEYS_BUCKET
 from shared.api_keys import hash_key
 from shared.embedded.infrastructure import free_port
-
 from tests.support.keys_cli import create_key, run_keys
 
 pytestmark = pytest.mark.nats

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from services.drift.alarms import Alert, AlertStatus, Hysteresis, bonferroni_alpha
 from services.drift.results import Direction, StatisticResult
-from services.drift.signals import Signal
 from services.drift.windows import WindowBounds
+from shared.drift_signals import Signal
 
 
 def observe_all(hysteresis: Hysteresis, fired: list[bool]) -> list[AlertStatus | None]:

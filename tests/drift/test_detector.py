@@ -11,8 +11,8 @@ from services.drift.alarms import AlertStatus
 from services.drift.config import DriftSettings
 from services.drift.detector import Detector, Outcome
 from services.drift.numeric import KS_P_VALUE, PSI
-from services.drift.signals import Signal
 from services.drift.windows import SignalWindow, WindowPair
+from shared.drift_signals import Signal
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T1 = datetime(2025, 1, 2, tzinfo=UTC)

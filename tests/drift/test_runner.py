@@ -21,11 +21,11 @@ from services.drift.detector import Outcome
 from services.drift.metrics import DriftMetrics
 from services.drift.numeric import PSI
 from services.drift.publishing import ALERTS_SUBJECT, ResultPublisher
-from services.drift.reports import drift_history, latest_drift_states
 from services.drift.runner import DriftRunner
-from services.drift.signals import Signal
 from services.drift.source import SOURCED_SIGNALS, SignalSource
 from shared.bus import EventPublisher, make_broker
+from shared.drift_reports import drift_history, latest_drift_states
+from shared.drift_signals import Signal
 from shared.events import (
     AcceptedPayload,
     AssignedPayload,

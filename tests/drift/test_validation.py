@@ -12,7 +12,7 @@ import pytest
 
 from services.drift.alarms import Alert, AlertStatus
 from services.drift.config import DriftSettings
-from services.drift.signals import Signal
+from shared.drift_signals import Signal
 from tests.drift.traffic import PromptPool, Traffic, run_windows
 
 NO_SHIFT_WINDOWS = 20

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from services.drift.signals import Signal
 from services.drift.windows import DriftWindows, SignalWindow, WindowPair
+from shared.drift_signals import Signal
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ import numpy as np
 from services.drift.alarms import Alert
 from services.drift.config import DriftSettings
 from services.drift.detector import Detector
-from services.drift.signals import Signal
 from services.drift.windows import DriftWindows
+from shared.drift_signals import Signal
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 WINDOW_DURATION = timedelta(hours=1)

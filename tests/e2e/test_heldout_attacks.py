@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from services.cli.client import SluiceClient
-from services.modelops.prompt_data import ATTACK_CLASSES, load_prompts, read_split
 from shared.scanning.classifier import DEFAULT_MODEL_DIR
+from shared.scanning.prompt_data import ATTACK_CLASSES, load_prompts, read_split
 from shared.store_client import StoreClient
 from tests.e2e.conftest import PROMPTS_DIR
 from tests.e2e.test_pipeline import PROMPT_BLOCKED_EVENTS, run_prompts, stored_event_counts

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from services.modelops.prompt_data import choose_heldout, load_prompts, read_split
 from services.modelops.prompt_evaluation import evaluate
 from shared.scanning.classifier import DEFAULT_MODEL_DIR, SPLIT_FILE, PromptClassifier
+from shared.scanning.prompt_data import choose_heldout, load_prompts, read_split
 from shared.scanning.prompt_encoder import WINDOW_OVERLAP_TOKENS, WINDOW_TOKENS, load_prompt_encoder, window_starts
 from shared.scanning.prompt_features import normalize_prompt
 from shared.settings import REPO_ROOT

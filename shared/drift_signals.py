@@ -1,4 +1,8 @@
-"""The signals the drift service watches, and the kind of comparison each one gets."""
+"""The signals the drift service watches, and the kind of comparison each one gets.
+
+The names are a contract: `drift.evaluated` events and the `drift_reports`
+table carry them, and the ingress's drift report filters by them.
+"""
 
 from __future__ import annotations
 

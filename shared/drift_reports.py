@@ -1,7 +1,9 @@
-"""Reading drift results back from the `drift_reports` table through the store API, for `sluice report drift`.
+"""Reading drift results back from the `drift_reports` table through the store API.
 
-This module imports no statistics packages, so the ingress can serve the
-report without loading them.
+The ingress serves them at `/v1/reports/drift`, which `sluice report drift`
+reads. The module lives in shared/ because the ingress must not import the
+drift service, and it imports no statistics packages, so the ingress can
+serve the report without loading them.
 """
 
 from __future__ import annotations
