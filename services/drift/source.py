@@ -1,10 +1,13 @@
-"""Reading each signal's per-request values for a (tenant, variant, time range) from the `events` table, through the store API.
+"""Reading each signal's per-request values for a (tenant, variant, time range) from `request_signals`, through the store API.
 
-Every SQL string of the drift service's reads lives here, so moving them to
-another table changes only this module. A value comes from the payload of
-one event type, and the request's variant from its `request.assigned`
-event. Each request gives one value per signal, even when a copy of its
-event escaped deduplication, because the queries group by request id.
+Every SQL string of the drift service's reads lives here. Telemetry
+computes each value when it stores the event (see
+schemas/clickhouse/003_request_signals.sql), from the text that crossed the
+bus, so an output's length is right whatever the policy's storage mode
+keeps of its text. A value comes from the row of one event type, and the
+request's variant from its `request.assigned` row. Each request gives one
+value per signal, even when a copy of its row escaped deduplication,
+because the queries group by request id.
 
 A signal's time is the time of the event it comes from (the prompt's when
 the request was accepted, the output's when it was delivered), so a request
@@ -35,36 +38,34 @@ _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 @dataclass(frozen=True)
 class _SignalQuery:
-    """The source of a signal's value: an event type and a ClickHouse expression over that event's `payload`."""
+    """The source of a signal's value: an event type and a ClickHouse expression over that event's `request_signals` row."""
 
     event_type: EventType
     value: str
 
 
-# The largest scanner risk score of an event, 0.0 for an event without scanners.
-_MAX_RISK_SCORE = "arrayMax(arrayMap(scanner -> JSONExtractFloat(scanner, 'risk_score'), JSONExtractArrayRaw(payload, 'scanners')))"
+def _max_score(column: str) -> str:
+    """Return the expression of the largest risk score in a scanner score Map, 0.0 for a row without scanners."""
+    return f"if(empty({column}), 0.0, arrayMax(mapValues({column})))"
+
 
 _SIGNAL_QUERIES: dict[Signal, _SignalQuery] = {
-    # The ingress counts the characters of the request's messages before
-    # telemetry applies the policy's storage mode, so the count is right even
-    # where the stored prompt is hashed or empty.
-    Signal.PROMPT_CHARS: _SignalQuery(EventType.ACCEPTED, "JSONExtractInt(payload, 'prompt_chars')"),
-    # TODO: the stored text is what the policy's `storage.output` mode kept,
-    # so this length is wrong unless that mode is "raw" (64 for "hashed", 0
-    # for "none", placeholders for "redacted"). A length recorded before
-    # storage, as for the prompt, would fix it.
-    Signal.OUTPUT_CHARS: _SignalQuery(EventType.DELIVERED, "lengthUTF8(JSONExtractString(payload, 'text'))"),
-    Signal.SCREENING_SCORE: _SignalQuery(EventType.SCREENED, _MAX_RISK_SCORE),
-    Signal.MODERATION_SCORE: _SignalQuery(EventType.MODERATED, _MAX_RISK_SCORE),
-    Signal.REFUSAL_RATE: _SignalQuery(EventType.MODERATED, "JSONExtractBool(payload, 'refusal')"),
+    Signal.PROMPT_CHARS: _SignalQuery(EventType.ACCEPTED, "prompt_chars"),
+    Signal.OUTPUT_CHARS: _SignalQuery(EventType.DELIVERED, "output_chars"),
+    Signal.SCREENING_SCORE: _SignalQuery(EventType.SCREENED, _max_score("screening_scores")),
+    Signal.MODERATION_SCORE: _SignalQuery(EventType.MODERATED, _max_score("moderation_scores")),
+    Signal.REFUSAL_RATE: _SignalQuery(EventType.MODERATED, "toUInt8(ifNull(refusal, false))"),
     # NOTE: a prompt blocked at screening never gets a variant, so this rate
     # counts only outputs that moderation blocked.
-    Signal.BLOCK_RATE: _SignalQuery(EventType.MODERATED, "JSONExtractString(payload, 'verdict') = 'blocked'"),
+    Signal.BLOCK_RATE: _SignalQuery(EventType.MODERATED, "toUInt8(moderation_verdict = 'blocked')"),
 }
 
 # The signals the store can supply now. Feedback and conversion have no
-# events yet, and prompt embeddings are not stored, so the detector gets no
-# windows for them.
+# events yet, so the detector gets no windows for them.
+# NOTE: prompt embeddings are stored only with SLUICE_TELEMETRY_EMBED_PROMPTS,
+# and this source does not read them yet: the domain classifier needs raw
+# vectors (384 floats each), which a read would have to sample down to a
+# few hundred per window to keep the store API's replies small.
 SOURCED_SIGNALS: tuple[Signal, ...] = tuple(_SIGNAL_QUERIES)
 
 # One row per request of the tenant and variant with a `{event_type}` event
@@ -73,15 +74,15 @@ SOURCED_SIGNALS: tuple[Signal, ...] = tuple(_SIGNAL_QUERIES)
 # value is bound on the server.
 _PER_REQUEST_VALUES = """
 SELECT request_id, any({value}) AS value, min(ts) AS observed_at
-FROM events
+FROM request_signals
 WHERE tenant = {{tenant:String}}
   AND type = '{event_type}'{time_range}
   AND request_id IN (
       SELECT request_id
-      FROM events
+      FROM request_signals
       WHERE tenant = {{tenant:String}}
         AND type = 'request.assigned'{assignment_range}
-        AND JSONExtractString(payload, 'variant', 'key') = {{variant:String}}
+        AND variant = {{variant:String}}
   )
 GROUP BY request_id
 """
@@ -107,8 +108,8 @@ LIMIT {{max_rows:UInt32}}
 
 # The variants that received requests in the time range, per tenant.
 _VARIANTS_SQL = """
-SELECT DISTINCT tenant, JSONExtractString(payload, 'variant', 'key') AS variant
-FROM events
+SELECT DISTINCT tenant, variant
+FROM request_signals
 WHERE type = 'request.assigned'{time_range}
 ORDER BY tenant, variant
 """
