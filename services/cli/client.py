@@ -89,6 +89,11 @@ class SluiceClient:
         params = {key: value for key, value in {"since": since, "until": until}.items() if value}
         return await self._get_json("/v1/reports/summary", params=params)
 
+    async def analytics_report(self, name: str, filters: dict[str, str | None]) -> dict[str, Any]:
+        """Return the canned report `name` (latency, throughput, cost, safety, errors); `filters` left None are not sent."""
+        params = {key: value for key, value in filters.items() if value is not None}
+        return await self._get_json(f"/v1/reports/{name}", params=params)
+
     async def drift_states(self) -> dict[str, Any]:
         """Return `{states}`: the latest drift comparison of every signal and model variant of the key's tenant."""
         return await self._get_json("/v1/reports/drift")

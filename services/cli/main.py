@@ -22,6 +22,8 @@ from services.cli.config import config_app
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
 from services.cli.keys import keys_app
+from services.cli.report_charts import check_chart_path, write_series_chart
+from services.cli.report_tables import REPORT_CHARTS, REPORT_MODELS, REPORT_TABLES
 from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
 from shared.drift_reports import DriftPoint, DriftState
@@ -218,9 +220,22 @@ async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_ne
 
 @app.command()
 def report(
-    name: Annotated[str, typer.Argument(help="Report name: summary or drift.")] = "summary",
+    name: Annotated[
+        str, typer.Argument(help="Report name: summary, drift, latency, throughput, cost, safety or errors.")
+    ] = "summary",
     since: Annotated[str | None, typer.Option(help="Start of the time range, ISO 8601 (UTC if no offset).")] = None,
     until: Annotated[str | None, typer.Option(help="End of the time range, ISO 8601.")] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="latency, throughput, cost, safety, errors: only this model variant.")
+    ] = None,
+    bucket: Annotated[
+        str | None,
+        typer.Option(help="latency, throughput, cost, safety, errors: time bucket, 1m, 5m, 15m, 1h or 1d. Default: 1h."),
+    ] = None,
+    chart: Annotated[
+        Path | None,
+        typer.Option(help="latency, throughput, cost, safety, errors: also write the report's time series to this .html or .svg file."),
+    ] = None,
     plot: Annotated[
         str | None, typer.Option(help="drift only: chart this signal's alarm statistic over time, e.g. output_chars.")
     ] = None,
@@ -229,16 +244,42 @@ def report(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Print a report over all traffic so far, read from ClickHouse."""
+    if name in REPORT_TABLES:
+        filters = {"since": since, "until": until, "variant": variant, "bucket": bucket}
+        _analytics_report(_client(url, api_key), name, filters, chart)
+        return
+    if variant is not None or bucket is not None or chart is not None:
+        raise _fail(f"--variant, --bucket and --chart apply to {', '.join(REPORT_TABLES)}, not to the {name} report")
     if name == "drift":
         if since is not None or until is not None:
             raise _fail("--since and --until apply to the summary report only. The drift report shows the latest state")
         _drift_report(_client(url, api_key), plot, out)
         return
     if name != "summary":
-        raise _fail(f"unknown report {name!r}; available reports: summary, drift")
+        raise _fail(f"unknown report {name!r}; available reports: summary, drift, {', '.join(REPORT_TABLES)}")
     summary = asyncio.run(_report(_client(url, api_key), since, until))
     console.print("report: summary of all traffic, from ClickHouse; TTFT runs from acceptance to the first generated token")
     console.print(summary_table(summary, "report summary"))
+
+
+def _analytics_report(client: SluiceClient, name: str, filters: dict[str, str | None], chart: Path | None) -> None:
+    if chart is not None:
+        try:
+            check_chart_path(chart)
+        except ValueError as error:
+            raise _fail(f"invalid --chart: {error}") from error
+    body = asyncio.run(_fetch(client, lambda: client.analytics_report(name, filters)))
+    report = REPORT_MODELS[name].model_validate(body)
+    console.print(REPORT_TABLES[name](report))
+    if chart is None:
+        return
+    measure, chart_points = REPORT_CHARTS[name]
+    points = chart_points(report)
+    try:
+        write_series_chart(f"{name}: {measure}, per {body['bucket']}", points, chart)
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    console.print(f"wrote {chart}: {measure}, {len(points)} points")
 
 
 async def _report(client: SluiceClient, since: str | None, until: str | None) -> TrafficSummary:
