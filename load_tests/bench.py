@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_sluice_vs_direct",
     "bench_pipeline",
     "bench_memory",
+    "bench_drift",
 )
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 # A quick run's figures are noise, so it never replaces the recorded page.
