@@ -6,16 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
-import nats
 import pytest
-from nats.aio.msg import Msg
 from typer.testing import CliRunner, Result
 
 from services.cli.main import app as cli_app
-from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
-from shared.api_key_store import create_api_key, open_api_key_bucket
-from shared.subjects import STORE_QUERY_SUBJECT, STORE_QUEUE_GROUP
 
+from tests.ingress.store_api import new_admin_key, serving_store_api
 from tests.ingress.support import ApiKeys, bearer
 from tests.telemetry.analytics_support import ROWS_BY_TENANT, open_seeded_store
 
@@ -25,52 +21,21 @@ pytestmark = [pytest.mark.nats, pytest.mark.redis]
 MAX_RESULT_ROWS = 5
 # chDB stops a query after this long; no query of these tests comes near it.
 MAX_EXECUTION_TIME_S = 10
-# A key written to the bucket reaches the ingress's watch within milliseconds;
-# the limit only stops a broken watch from hanging the test.
-KEY_WATCH_WAIT_S = 10.0
 
 
 @pytest.fixture
 async def store_api(ingress_nats_url: str, clickhouse_dsn: str) -> AsyncIterator[None]:
-    """Serve the store API on the ingress's NATS server from a store seeded with `ROWS_BY_TENANT`.
-
-    It runs the telemetry service's query handler without its event puller,
-    so the events that other ingress tests publish stay out of the store.
-    """
+    """Serve the store API on the ingress's NATS server from a store seeded with `ROWS_BY_TENANT`."""
     store = await open_seeded_store(clickhouse_dsn, query_max_execution_time_s=MAX_EXECUTION_TIME_S)
-    client = await nats.connect(ingress_nats_url)
-    handler = StoreQueryHandler(
-        store, client.max_payload - REPLY_HEADROOM_BYTES, analytics_max_result_rows=MAX_RESULT_ROWS
-    )
-
-    async def respond(message: Msg) -> None:
-        await message.respond(await handler.reply(message.data))
-
-    subscription = await client.subscribe(STORE_QUERY_SUBJECT, queue=STORE_QUEUE_GROUP, cb=respond)
-    # The ingress's request gets "no responders" until the server has the subscription.
-    await client.flush()
-    yield
-    await subscription.unsubscribe()
-    await client.close()
+    async with serving_store_api(ingress_nats_url, store, MAX_RESULT_ROWS):
+        yield
     store.close()
 
 
 @pytest.fixture
 async def admin_key(http: httpx.AsyncClient, ingress_nats_url: str) -> str:
-    """Create an admin key in the API key bucket and return it once the ingress accepts it."""
-    connection = await nats.connect(ingress_nats_url)
-    try:
-        kv = await open_api_key_bucket(connection.jetstream())
-        created = await create_api_key(kv, "operations", name="analytics-admin", admin=True)
-    finally:
-        await connection.close()
-    # The ingress's watch applies the new record within milliseconds.
-    deadline = asyncio.get_running_loop().time() + KEY_WATCH_WAIT_S
-    while (await _post(http, created.plain_key, "SELECT 1")).status_code == 401:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"the ingress did not accept the new admin key within {KEY_WATCH_WAIT_S} s")
-        await asyncio.sleep(0.05)
-    return created.plain_key
+    # Any authenticated GET answers something other than 401 once the key is known.
+    return await new_admin_key(http, ingress_nats_url, "analytics-admin", "/v1/reports/drift/history")
 
 
 async def _post(http: httpx.AsyncClient, key: str, sql: str, **fields: object) -> httpx.Response:

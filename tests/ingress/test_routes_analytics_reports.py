@@ -9,21 +9,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
-from nats.aio.msg import Msg
 from typer.testing import CliRunner, Result
 
 from services.cli.main import app as cli_app
 
 from services.telemetry.migrations import load_migrations
-from services.telemetry.query_api import REPLY_HEADROOM_BYTES, StoreQueryHandler
 from services.telemetry.signals import SignalBuilder
 from services.telemetry.store import EventStore
-from shared.api_key_store import create_api_key, open_api_key_bucket
 from shared.prices import load_price_table
-from shared.subjects import STORE_QUERY_SUBJECT, STORE_QUEUE_GROUP
 
+from tests.ingress.store_api import new_admin_key, serving_store_api
 from tests.ingress.support import ApiKeys, bearer
 from tests.reports.traffic import known_requests, request_events
 from tests.telemetry.signal_events import rows
@@ -34,9 +30,6 @@ START = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 RANGE = {"since": "2026-03-01T12:00:00", "until": "2026-03-01T14:00:00"}
 # chDB stops a query after this long; no query of these tests comes near it.
 MAX_EXECUTION_TIME_S = 10
-# A key written to the bucket reaches the ingress's watch within milliseconds;
-# the limit only stops a broken watch from hanging the test.
-KEY_WATCH_WAIT_S = 10.0
 ANALYTICS_MAX_RESULT_ROWS = 100
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -50,37 +43,15 @@ async def store_api(ingress_nats_url: str, clickhouse_dsn: str) -> AsyncIterator
     for tenant in ("acme", "globex"):
         requests = [spec for spec in known_requests() if tenant == "acme" or spec.variant != ("control", "model-a")]
         await store.insert_new(rows([event for spec in requests for event in request_events(tenant, START, spec)], builder))
-    client = await nats.connect(ingress_nats_url)
-    handler = StoreQueryHandler(
-        store, client.max_payload - REPLY_HEADROOM_BYTES, analytics_max_result_rows=ANALYTICS_MAX_RESULT_ROWS
-    )
-
-    async def respond(message: Msg) -> None:
-        await message.respond(await handler.reply(message.data))
-
-    subscription = await client.subscribe(STORE_QUERY_SUBJECT, queue=STORE_QUEUE_GROUP, cb=respond)
-    await client.flush()
-    yield
-    await subscription.unsubscribe()
-    await client.close()
+    async with serving_store_api(ingress_nats_url, store, ANALYTICS_MAX_RESULT_ROWS):
+        yield
     store.close()
 
 
 @pytest.fixture
 async def admin_key(http: httpx.AsyncClient, ingress_nats_url: str) -> str:
-    """Create an admin key of tenant "operations" and return it once the ingress accepts it."""
-    connection = await nats.connect(ingress_nats_url)
-    try:
-        kv = await open_api_key_bucket(connection.jetstream())
-        created = await create_api_key(kv, "operations", name="reports-admin", admin=True)
-    finally:
-        await connection.close()
-    deadline = asyncio.get_running_loop().time() + KEY_WATCH_WAIT_S
-    while (await http.get("/v1/reports/latency", params={"bucket": "bad"}, headers=bearer(created.plain_key))).status_code == 401:
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"the ingress did not accept the new admin key within {KEY_WATCH_WAIT_S} s")
-        await asyncio.sleep(0.05)
-    return created.plain_key
+    # An invalid bucket gets 400 once the key is known, and 401 before.
+    return await new_admin_key(http, ingress_nats_url, "reports-admin", "/v1/reports/latency?bucket=bad")
 
 
 async def test_report_needs_key(http: httpx.AsyncClient) -> None:
