@@ -18,12 +18,12 @@ from collections.abc import Callable
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from services.ingress.state_store import TERMINAL_STATUSES, RecordField, RequestStateStore, RequestStatus
 from shared.bus import EventPublisher
 from shared.cancellation import CancelMarks, CancelNotice, cancel_subject
 from shared.events import CancelledPayload, EventType, new_envelope
 from shared.queue_positions import QueuePositions
-
-from services.ingress.state_store import TERMINAL_STATUSES, RecordField, RequestStateStore, RequestStatus
+from shared.trace_context import TRACEPARENT
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +79,8 @@ class RequestCanceller:
         if backend:
             await self._positions.mark_admitted(backend, tenant, request_id)
         payload = CancelledPayload(stage=STAGE, reason=reason)
+        traceparent = fields.get(RecordField.TRACEPARENT.value)
+        trace = {TRACEPARENT: traceparent} if traceparent else None
         await self._publisher.publish(
-            new_envelope(EventType.CANCELLED, request_id=request_id, tenant=tenant, payload=payload)
+            new_envelope(EventType.CANCELLED, request_id=request_id, tenant=tenant, payload=payload, trace=trace)
         )

@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from services.ingress.state_store import RecordField, RequestStatus, StateUpdate
+from shared.cancellation import CANCELLED
 from shared.events import (
     AssignedPayload,
     CancelledPayload,
@@ -25,10 +27,7 @@ from shared.events import (
     Usage,
     Verdict,
 )
-
-from shared.cancellation import CANCELLED
-
-from services.ingress.state_store import RecordField, RequestStatus, StateUpdate
+from shared.trace_context import TRACEPARENT
 
 # Moderation delivers a blocked output with this finish reason; the request then ends as blocked.
 MODERATION_FINISH_REASON = "moderation"
@@ -54,7 +53,10 @@ def _blocked_fields(blocked_by: str | None, reason: str | None) -> dict[RecordFi
 
 
 def _accepted(envelope: Envelope) -> StateUpdate:
-    return StateUpdate(RequestStatus.SCREENING, {RecordField.ACCEPTED_AT: _timestamp(envelope)})
+    fields = {RecordField.ACCEPTED_AT: _timestamp(envelope)}
+    if TRACEPARENT in envelope.trace:
+        fields[RecordField.TRACEPARENT] = envelope.trace[TRACEPARENT]
+    return StateUpdate(RequestStatus.SCREENING, fields)
 
 
 def _screened(envelope: Envelope) -> StateUpdate:

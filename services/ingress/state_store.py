@@ -83,6 +83,9 @@ class RecordField(str, enum.Enum):
     COMPLETION_TOKENS = "completion_tokens"
     ERROR_CODE = "error_code"
     ERROR_MESSAGE = "error_message"
+    # The W3C traceparent of `request.accepted`, so that an event the ingress
+    # itself publishes later for the request (a cancellation) joins its trace.
+    TRACEPARENT = "traceparent"
 
 
 # KEYS[1] is the record, KEYS[2] the terminal notice. ARGV[1] is the TTL in

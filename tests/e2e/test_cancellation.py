@@ -250,6 +250,11 @@ async def test_queued_request_cancels_at_once(client: SluiceClient, store: Store
     assert payload["stage"] == "ingress"
     assert payload["stats"] is None
     assert await stored_payload(store, queued.request_id, "generation.first_token", wait_s=2.0) is None
+    trace_ids = await store.query_all(
+        "SELECT DISTINCT trace['trace_id'] FROM events WHERE request_id = {request_id:String}",
+        {"request_id": queued.request_id},
+    )
+    assert len(trace_ids) == 1
 
 
 async def wait_for_queue_position(client: SluiceClient, request_id: str) -> int:
