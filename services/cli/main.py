@@ -243,7 +243,7 @@ def report(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Print a report over all traffic so far, read from ClickHouse."""
+    """Print a report of your tenant's traffic, read from ClickHouse: the summary, drift, or a canned report per time bucket."""
     if name in REPORT_TABLES:
         filters = {"since": since, "until": until, "variant": variant, "bucket": bucket}
         _analytics_report(_client(url, api_key), name, filters, chart)
@@ -321,7 +321,7 @@ async def _fetch(client: SluiceClient, request: Callable[[], Awaitable[dict]]) -
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One SELECT over the events table; it reads only your tenant's rows.")],
+    sql: Annotated[str, typer.Argument(help="One SELECT over events, request_signals, their rollups or drift_reports; it reads only your tenant's rows, or every tenant's with an admin key.")],
     param: Annotated[
         list[str] | None,
         typer.Option("--param", help="A value for the placeholder {NAME:Type} in the SQL, as NAME=VALUE; repeatable."),
@@ -329,7 +329,7 @@ def query(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Run read-only SQL over your tenant's events and print the result as a table."""
+    """Run read-only SQL over your tenant's stored events and signals and print the result as a table."""
     parameters = _query_parameters(param or [])
     result = asyncio.run(_query(_client(url, api_key), sql, parameters))
     console.print(_result_table(result["columns"], result["rows"]))
