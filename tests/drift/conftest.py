@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 
 import numpy as np
 import pytest
 
-from shared.settings import REPO_ROOT
-
-PROMPTS_DIR = REPO_ROOT.parent / "shared" / "data" / "prompts"
-
-# Everyday requests: the reference traffic of the validation scenarios.
-EVERYDAY_FILES = ("mt_bench.jsonl", "self_instruct_user.jsonl")
-# Prompt injection attempts, direct and hidden in documents.
-INJECTION_FILES = ("deepset_attacks.jsonl", "bipia_text_attacks.jsonl")
-# The programming requests among the everyday prompts, by their category field.
-CODE_CATEGORIES = frozenset({"coding", "Leetcode", "GeeksforGeeks", "StackOverflow", "Github", "w3schools"})
-
-
-def read_prompt_records(file_name: str) -> list[dict[str, object]]:
-    path = PROMPTS_DIR / file_name
-    if not path.is_file():
-        pytest.skip(f"{path} not found: the labelled prompt files live in ../shared/data/prompts/")
-    with path.open(encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines]
+from load_tests.drift_traffic import PROMPTS_DIR, load_prompt_texts
+from services.telemetry.prompt_embeddings import embed_prompts
 
 
 @pytest.fixture(scope="session")
 def prompt_texts() -> dict[str, list[str]]:
     """Return the prompt texts of each traffic kind: everyday, injection and code."""
-    everyday = [record for name in EVERYDAY_FILES for record in read_prompt_records(name)]
-    injection = [record for name in INJECTION_FILES for record in read_prompt_records(name)]
-    return {
-        "everyday": [str(record["text"]) for record in everyday],
-        "injection": [str(record["text"]) for record in injection],
-        "code": [str(record["text"]) for record in everyday if record.get("category") in CODE_CATEGORIES],
-    }
+    try:
+        return load_prompt_texts()
+    except FileNotFoundError as error:
+        pytest.skip(f"{error.filename} not found: the labelled prompt files live in {PROMPTS_DIR}")
 
 
 @pytest.fixture(scope="session")
@@ -66,11 +46,8 @@ def prompt_embeddings(request: pytest.FixtureRequest, prompt_texts: dict[str, li
 
 
 def _embed(texts: list[str]) -> np.ndarray:
-    from shared.scanning.prompt_encoder import load_prompt_encoder
-
-    encoder = load_prompt_encoder(quantized=False)
-    means = np.stack([windows.mean(axis=0) for windows in encoder.embed_many(texts)])
-    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+    # The telemetry service's embedding, so the tests see what drift reads.
+    return np.asarray(embed_prompts(texts), dtype=np.float32)
 
 
 def _embedding_key(texts: list[str]) -> str:
