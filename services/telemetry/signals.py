@@ -233,7 +233,6 @@ def _failed(row: SignalRow, event: SignalEvent) -> Signal:
     row.error_code = payload.error_code
     if payload.stats is not None:
         _copy_stats(row, payload.stats)
-        row.output_tokens = payload.stats.completion_tokens
     return Signal(row)
 
 
@@ -243,7 +242,6 @@ def _cancelled(row: SignalRow, event: SignalEvent) -> Signal:
     row.cancel_reason = payload.reason
     if payload.stats is not None:
         _copy_stats(row, payload.stats)
-        row.output_tokens = payload.stats.completion_tokens
     return Signal(row)
 
 
@@ -253,9 +251,11 @@ def _expired(row: SignalRow, event: SignalEvent) -> Signal:
 
 
 def _copy_stats(row: SignalRow, stats: _Stats) -> None:
+    # generation.completed then sets output_tokens from its own usage.
     row.backend = stats.backend
     row.endpoint = stats.endpoint or ""
     row.prompt_tokens = stats.prompt_tokens
+    row.output_tokens = stats.completion_tokens
     row.queue_ms = stats.queue_ms
     row.ttft_ms = stats.ttft_ms
     row.finish_reason = stats.finish_reason
