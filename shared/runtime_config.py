@@ -166,7 +166,7 @@ class KeyWatch(Generic[T]):
         # watch began were delivered. It decides that from the consumer's
         # pending count, which the server may report as 0 while those values
         # are still on their way to this client, so None can come first. The
-        # server's delivered count says how many values to wait for. nats-py's
+        # watch waits for as many values as the server reports delivered. nats-py's
         # own `KeyValue.keys` reads the consumer the same way, through `_sub`.
         try:
             info = await watcher._sub.consumer_info()

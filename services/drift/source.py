@@ -63,8 +63,8 @@ _SIGNAL_QUERIES: dict[Signal, _SignalQuery] = {
 # The signals the store can supply now. Feedback and conversion have no
 # events yet, so the detector gets no windows for them.
 # NOTE: prompt embeddings are stored only with SLUICE_TELEMETRY_EMBED_PROMPTS,
-# and this source does not read them yet: the domain classifier needs raw
-# vectors (384 floats each), which a read would have to sample down to a
+# and this source does not read them yet. The domain classifier needs raw
+# vectors of 384 floats each, so a read would have to sample them down to a
 # few hundred per window to keep the store API's replies small.
 SOURCED_SIGNALS: tuple[Signal, ...] = tuple(_SIGNAL_QUERIES)
 

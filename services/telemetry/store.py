@@ -21,7 +21,7 @@ crash, JetStream redelivers the unacked messages in batches grouped
 differently and mixed with new messages, so no block repeats. A copy that still
 reaches the table has the same sorting key as the original, and
 ReplacingMergeTree collapses such copies in background merges, which may run
-at any later time. So "exactly once" holds under FINAL, and the crash tests
+at any later time. So "exactly once" is true under FINAL, and the crash tests
 count with this query:
 
     SELECT count(), uniqExact(event_id) FROM events FINAL WHERE tenant = {tenant:String}

@@ -34,7 +34,7 @@ async def store_api(ingress_nats_url: str, clickhouse_dsn: str) -> AsyncIterator
 
 @pytest.fixture
 async def admin_key(http: httpx.AsyncClient, ingress_nats_url: str) -> str:
-    # Any authenticated GET answers something other than 401 once the key is known.
+    # Any authenticated GET returns a status other than 401 once the key is known.
     return await new_admin_key(http, ingress_nats_url, "analytics-admin", "/v1/reports/drift/history")
 
 
