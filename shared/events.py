@@ -40,6 +40,10 @@ class EventType(str, enum.Enum):
     SAFETY_EVALUATED = "safety.evaluated"
     # One (variant, signal) comparison of a drift evaluation. Its request_id is the evaluation's id.
     DRIFT_EVALUATED = "drift.evaluated"
+    # A unit's first assignment to an experiment in a session window; its request_id is the request that exposed it.
+    EXPOSED = "experiment.exposed"
+    # Feedback on a delivered request (a rating, a thumbs, a conversion or a value); its request_id is that request's.
+    FEEDBACK = "feedback.received"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
     END = "generation.end"
@@ -316,6 +320,54 @@ class DriftEvaluatedPayload(_Model):
     per_test_alpha: float
 
 
+class ExposedPayload(_Model):
+    """A unit seen in an experiment: the assignment service publishes one per unit, experiment and session window.
+
+    Telemetry stores it, and a materialized view copies it into the
+    `exposures` table that experiment analysis counts units from.
+    """
+
+    experiment_key: str
+    variant_key: str
+    # The hashed attribute ("user_id" or "request_id") and its value: the unit.
+    hash_attribute: str
+    unit: str
+    # GrowthBook's hash of the unit in [0, 1), or None when the variant was forced or came from the sticky store.
+    hash_value: float | None = None
+    # The experiment's bucket version when the unit was assigned (sticky bucketing).
+    bucket_version: int = Field(default=0, ge=0)
+    # How the variant was chosen: "hash", "sticky" (the unit's stored variant) or "forced".
+    source: Literal["hash", "sticky", "forced"] = "hash"
+
+
+class FeedbackKind(str, enum.Enum):
+    """What a piece of feedback measures, which also fixes the values it may take."""
+
+    # A score from 1 to 5.
+    RATING = "rating"
+    # 1 for thumbs up, 0 for thumbs down.
+    THUMBS = "thumbs"
+    # 1 when the user converted (bought, signed up, accepted the answer), 0 when they explicitly did not.
+    CONVERSION = "conversion"
+    # Any finite number, such as revenue.
+    VALUE = "value"
+
+
+class FeedbackPayload(_Model):
+    """Feedback on one request, accepted by the ingress within the attribution window.
+
+    The envelope's request_id and tenant are the request's. The event id is
+    derived from the idempotency key, so a retried submission stores one row.
+    """
+
+    kind: FeedbackKind
+    value: float
+    metadata: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str
+    # Where the feedback came from: "http" (POST /v1/feedback) or "nats" (the feedback subject).
+    channel: Literal["http", "nats"]
+
+
 PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.ACCEPTED: AcceptedPayload,
     EventType.SCREENED: ScreenedPayload,
@@ -329,6 +381,8 @@ PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.CANCELLED: CancelledPayload,
     EventType.SAFETY_EVALUATED: SafetyEvaluatedPayload,
     EventType.DRIFT_EVALUATED: DriftEvaluatedPayload,
+    EventType.EXPOSED: ExposedPayload,
+    EventType.FEEDBACK: FeedbackPayload,
     EventType.CHUNK: ChunkPayload,
     EventType.END: EndPayload,
 }
