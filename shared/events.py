@@ -105,6 +105,13 @@ class VariantSpec(_Model):
     model: str | None = None
     adapter_id: str | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
+    # The model's quantization scheme ("awq", "gptq", "int8", "int4", ...), a
+    # label for telemetry and analysis; None for full precision or unknown.
+    quantization: str | None = None
+    # Text with a "{prompt}" placeholder, which the experiments loader requires
+    # exactly once. The inference service puts the last user message in its
+    # place, and None sends the messages as they are.
+    prompt_template: str | None = None
 
 
 class Usage(_Model):

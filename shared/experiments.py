@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,10 @@ DEFAULT_BREAKER_FAILURE_THRESHOLD = 5
 # While an endpoint is out, one trial call every 10 s costs at most one failed
 # try per interval and brings a restarted server back within 10 s.
 DEFAULT_BREAKER_OPEN_S = 10.0
+
+# The placeholder that a variant's `prompt_template` must contain exactly once:
+# the inference service replaces it with the last user message.
+PROMPT_PLACEHOLDER = "{prompt}"
 
 # The growthbook SDK (4.0.0) silently replaces weights that sum to less than
 # WEIGHT_SUM_MIN (0.99) or more than WEIGHT_SUM_MAX (1.01) with equal
@@ -143,6 +148,9 @@ class VariantConfig(_Config):
 
     `weight` is the share of units in [0, 1]. It is omitted either for every
     variant of an experiment, which splits the units equally, or for none.
+    `quantization` is a label such as "awq" or "int8" that telemetry and
+    analysis carry. `prompt_template` contains `PROMPT_PLACEHOLDER` exactly
+    once, and the inference service puts the last user message there.
     """
 
     key: str = Field(min_length=1)
@@ -150,11 +158,29 @@ class VariantConfig(_Config):
     backend: str = Field(min_length=1)
     model: str | None = None
     adapter_id: str | None = None
+    quantization: str | None = Field(default=None, min_length=1)
+    prompt_template: str | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _check_prompt_template(cls, template: str | None) -> str | None:
+        if template is not None and template.count(PROMPT_PLACEHOLDER) != 1:
+            raise ValueError(
+                f"prompt_template contains {PROMPT_PLACEHOLDER} {template.count(PROMPT_PLACEHOLDER)} times, "
+                f"but it must contain it exactly once, where the user's message goes"
+            )
+        return template
 
     def to_spec(self) -> VariantSpec:
         return VariantSpec(
-            key=self.key, backend=self.backend, model=self.model, adapter_id=self.adapter_id, params=self.params
+            key=self.key,
+            backend=self.backend,
+            model=self.model,
+            adapter_id=self.adapter_id,
+            quantization=self.quantization,
+            prompt_template=self.prompt_template,
+            params=self.params,
         )
 
 
@@ -173,11 +199,17 @@ class Namespace(_Config):
 
 
 class ExperimentConfig(_Config):
-    """An A/B experiment, with GrowthBook's hashing parameters.
+    """An A/B experiment, with GrowthBook's hashing, targeting and sticky bucketing parameters.
 
     `seed` defaults to `key`. `coverage` is the share of units in [0, 1] that
-    enter the experiment. `condition` is accepted but not evaluated yet: an
-    experiment that sets it is skipped.
+    enter the experiment. `condition` is a GrowthBook condition (MongoDB-like
+    operators) on the attributes `tenant`, `route`, `user_id` and `metadata`.
+    `forced_variants` maps a unit (a user_id) to the key of the variant it
+    always gets, for testing. The experiment takes units from `start`
+    (inclusive) until `stop` (exclusive); either may be omitted.
+    `bucket_version` and `min_bucket_version` control sticky bucketing as in
+    GrowthBook: bumping `bucket_version` re-hashes every unit, and a unit
+    whose stored assignment is older than `min_bucket_version` is excluded.
     """
 
     key: str = Field(min_length=1)
@@ -187,6 +219,11 @@ class ExperimentConfig(_Config):
     coverage: float = Field(default=1.0, ge=0.0, le=1.0)
     namespace: Namespace | None = None
     condition: dict[str, Any] | None = None
+    forced_variants: dict[str, str] = Field(default_factory=dict)
+    start: datetime | None = None
+    stop: datetime | None = None
+    bucket_version: int = Field(default=0, ge=0)
+    min_bucket_version: int = Field(default=0, ge=0)
     variants: list[VariantConfig] = Field(min_length=1)
 
     @property
@@ -199,6 +236,52 @@ class ExperimentConfig(_Config):
         _check_unique([variant.key for variant in variants], "variant key")
         _check_weights([variant.weight for variant in variants])
         return variants
+
+    @field_validator("start", "stop")
+    @classmethod
+    def _check_time_zone(cls, moment: datetime | None) -> datetime | None:
+        if moment is not None and moment.utcoffset() is None:
+            raise ValueError(
+                f"{moment.isoformat()} has no time zone, so the moment it names depends on the server: "
+                "add one, such as 2025-06-01T00:00:00Z"
+            )
+        return moment
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> ExperimentConfig:
+        if self.start is not None and self.stop is not None and self.stop <= self.start:
+            raise ValueError(
+                f"stop {self.stop.isoformat()} must be after start {self.start.isoformat()}, "
+                "or the experiment never takes a unit"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_forced_variants(self) -> ExperimentConfig:
+        keys = [variant.key for variant in self.variants]
+        for unit, variant_key in self.forced_variants.items():
+            if variant_key not in keys:
+                raise ValueError(
+                    f"forced_variants maps unit {unit!r} to variant {variant_key!r}, which is not a variant "
+                    f"of experiment {self.key!r}; its variants are {keys}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_bucket_versions(self) -> ExperimentConfig:
+        if self.min_bucket_version > self.bucket_version:
+            raise ValueError(
+                f"min_bucket_version {self.min_bucket_version} is above bucket_version {self.bucket_version}, "
+                "which would exclude units assigned under the current version too: "
+                "raise bucket_version with it"
+            )
+        return self
+
+    def is_running(self, now: datetime) -> bool:
+        """Return whether the experiment takes units at `now`, a timezone-aware time: start <= now < stop."""
+        if self.start is not None and now < self.start:
+            return False
+        return self.stop is None or now < self.stop
 
 
 class ExperimentsFile(_Config):

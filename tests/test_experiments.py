@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,88 @@ INVALID_EXPERIMENT_CASES = [
         ["experiments.0.variants.0.params.temperature = 3.0"],
         id="invalid-variant-params",
     ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    forced_variants: {qa-tester: warmer}\n",
+        ["forced_variants maps unit 'qa-tester' to variant 'warmer'", "['control', 'cooler']"],
+        id="forced-variant-unknown",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    start: 2025-06-01T00:00:00\n",
+        ["experiments.0.start", "has no time zone", "2025-06-01T00:00:00Z"],
+        id="start-without-time-zone",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    start: 2025-07-01T00:00:00Z\n    stop: 2025-06-01T00:00:00Z\n",
+        ["stop 2025-06-01T00:00:00+00:00 must be after start 2025-07-01T00:00:00+00:00"],
+        id="stop-before-start",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    start: 2025-06-01T00:00:00Z\n    stop: 2025-06-01T00:00:00Z\n",
+        ["must be after start"],
+        id="stop-equals-start",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    min_bucket_version: 2\n    bucket_version: 1\n",
+        ["min_bucket_version 2 is above bucket_version 1"],
+        id="min-bucket-version-above",
+    ),
+    pytest.param(
+        "  - key: sampling\n",
+        "  - key: sampling\n    bucket_version: -1\n",
+        ["experiments.0.bucket_version = -1"],
+        id="negative-bucket-version",
+    ),
+    pytest.param(
+        "params: {temperature: 0.8}",
+        "prompt_template: 'Answer in verse.', params: {temperature: 0.8}",
+        ["experiments.0.variants.0.prompt_template", "contains {prompt} 0 times", "exactly once"],
+        id="template-without-placeholder",
+    ),
+    pytest.param(
+        "params: {temperature: 0.8}",
+        "prompt_template: '{prompt} {prompt}', params: {temperature: 0.8}",
+        ["contains {prompt} 2 times"],
+        id="template-with-two-placeholders",
+    ),
 ]
+
+
+def test_new_experiment_fields_load(tmp_path: Path) -> None:
+    text = _edited(
+        "  - key: sampling\n",
+        "  - key: sampling\n"
+        "    forced_variants: {qa-tester: cooler}\n"
+        "    start: 2025-06-01T00:00:00Z\n"
+        "    stop: 2025-07-01T02:00:00+02:00\n"
+        "    bucket_version: 3\n"
+        "    min_bucket_version: 2\n"
+        "    condition: {metadata.country: {$in: [NL, BE]}}\n",
+    ).replace("{key: control, weight: 0.5,", "{key: control, weight: 0.5, quantization: awq, prompt_template: 'Verse: {prompt}',")
+
+    experiment = load_experiments(_write(tmp_path, "e.yaml", text), {}).experiments[0]
+
+    assert experiment.forced_variants == {"qa-tester": "cooler"}
+    assert experiment.stop == datetime(2025, 7, 1, tzinfo=timezone.utc)
+    assert (experiment.bucket_version, experiment.min_bucket_version) == (3, 2)
+    assert experiment.condition == {"metadata.country": {"$in": ["NL", "BE"]}}
+    spec = experiment.variants[0].to_spec()
+    assert spec.quantization == "awq"
+    assert spec.prompt_template == "Verse: {prompt}"
+
+
+def test_new_fields_default_off(tmp_path: Path) -> None:
+    experiment = load_experiments(_write(tmp_path, "e.yaml", EXPERIMENTS_YAML), {}).experiments[0]
+
+    assert experiment.forced_variants == {}
+    assert (experiment.start, experiment.stop) == (None, None)
+    assert (experiment.bucket_version, experiment.min_bucket_version) == (0, 0)
+    assert experiment.variants[0].to_spec().quantization is None
+    assert experiment.variants[0].to_spec().prompt_template is None
 
 
 @pytest.mark.parametrize(("old", "new", "fragments"), INVALID_EXPERIMENT_CASES)

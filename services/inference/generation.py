@@ -23,6 +23,7 @@ from services.inference.cancellation import CancelSignal
 from services.inference.coalescing import ChunkCoalescer
 from services.inference.endpoint_pool import EndpointPool
 from services.inference.metrics import InferenceMetrics
+from services.inference.prompt_template import apply_prompt_template
 from shared.bus import EventPublisher
 from shared.cancellation import CANCELLED
 from shared.events import (
@@ -182,9 +183,8 @@ class Generator:
         self, backend: Backend, envelope: Envelope, payload: AssignedPayload, attempt: int, progress: _Progress
     ) -> StreamEnd:
         variant = payload.variant
-        stream = backend.stream(
-            payload.request.messages, variant.params, model=variant.model, adapter_id=variant.adapter_id
-        )
+        messages = apply_prompt_template(payload.request.messages, variant.prompt_template)
+        stream = backend.stream(messages, variant.params, model=variant.model, adapter_id=variant.adapter_id)
         coalescer = ChunkCoalescer(lambda text: self._publish_chunk(envelope, payload, attempt, progress, text))
         coalescer.start()
         try:

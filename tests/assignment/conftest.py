@@ -1,4 +1,4 @@
-"""A private nats-server and a running assignment service for this package's tests.
+"""A private nats-server and a running assignment service, on the session's redis-server, for this package's tests.
 
 The server is private so that the durable `assignment` consumer receives only the
 messages these tests publish.
@@ -30,8 +30,8 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="package")
-async def assignment_service(bus_url: str, metrics_port: int) -> AsyncIterator[None]:
-    async with TestApp(make_app(Settings(nats_url=bus_url, assignment_metrics_port=metrics_port))):
+async def assignment_service(bus_url: str, redis_url: str, metrics_port: int) -> AsyncIterator[None]:
+    async with TestApp(make_app(Settings(nats_url=bus_url, redis_url=redis_url, assignment_metrics_port=metrics_port))):
         yield
 
 

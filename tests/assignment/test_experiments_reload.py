@@ -36,8 +36,8 @@ def bus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def jetstream(bus_url: str) -> AsyncIterator[JetStreamContext]:
-    async with TestApp(make_app(Settings(nats_url=bus_url))):
+async def jetstream(bus_url: str, redis_url: str) -> AsyncIterator[JetStreamContext]:
+    async with TestApp(make_app(Settings(nats_url=bus_url, redis_url=redis_url))):
         async with jetstream_client(bus_url) as jetstream:
             yield jetstream
 
