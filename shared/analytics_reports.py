@@ -1,4 +1,7 @@
-"""Canned analytics reports over `request_signals`: latency, throughput, cost, safety and errors.
+"""Canned analytics reports over `request_signals`: latency, throughput, cost, safety and errors, and feedback.
+
+The feedback report reads the `feedback` table and takes each request's
+variant from its `request.assigned` row in `request_signals`.
 
 Each report reads `request_signals FINAL` with `LIMIT 1 BY event_id`, so
 every event counts once, even a copy that a stage republished in a later
@@ -424,3 +427,82 @@ async def errors_report(store: StoreClient, filters: ReportFilters) -> ErrorsRep
         for start, outcome, cause, count in cause_rows
     ]
     return ErrorsReport(**_base(filters), rows=rows, causes=causes)
+
+
+# --- feedback ------------------------------------------------------------------------------------
+
+
+class FeedbackRow(BaseModel):
+    """Feedback received in one bucket on the requests of one variant, by kind.
+
+    `variant` is '' for requests that were never assigned, such as prompts
+    blocked at screening. A mean or rate is None when the bucket has no
+    feedback of its kind. `thumbs_up_rate` and `conversion_rate` are the
+    share of thumbs or conversion feedback with value 1, not a share of all
+    requests.
+    """
+
+    bucket_start: datetime
+    variant: str
+    ratings: int
+    mean_rating: float | None
+    thumbs: int
+    thumbs_up_rate: float | None
+    conversions: int
+    conversion_rate: float | None
+    value_count: int
+    value_sum: float
+
+
+class FeedbackReport(ReportBase):
+    """Feedback (the `feedback` table) per bucket of its arrival time and variant of the rated request."""
+
+    rows: list[FeedbackRow] = Field(default_factory=list)
+
+
+# One row per event id, as in the other reports, then the rated request's
+# variant. The join reads only the assigned rows of requests rated in range.
+_FEEDBACK_SQL = """
+SELECT
+    {bucket}, variant,
+    countIf(kind = 'rating') AS ratings, avgIf(value, kind = 'rating') AS mean_rating,
+    countIf(kind = 'thumbs') AS thumbs, avgIf(value, kind = 'thumbs') AS thumbs_up_rate,
+    countIf(kind = 'conversion') AS conversions, avgIf(value, kind = 'conversion') AS conversion_rate,
+    countIf(kind = 'value') AS value_count, sumIf(value, kind = 'value') AS value_sum
+FROM (
+    SELECT ts, request_id, kind, value
+    FROM feedback FINAL
+    WHERE tenant = {{tenant:String}}{time_condition}
+    LIMIT 1 BY event_id
+) AS rated
+LEFT JOIN (
+    SELECT request_id, any(variant) AS variant
+    FROM request_signals
+    WHERE tenant = {{tenant:String}} AND type = 'request.assigned' AND request_id IN (
+        SELECT request_id FROM feedback WHERE tenant = {{tenant:String}}{time_condition}
+    )
+    GROUP BY request_id
+) AS assigned ON rated.request_id = assigned.request_id
+WHERE {{variant:String}} = '' OR variant = {{variant:String}}
+GROUP BY bucket_start, variant
+ORDER BY bucket_start, variant
+"""
+
+
+async def feedback_report(store: StoreClient, filters: ReportFilters) -> FeedbackReport:
+    """Return per bucket and variant the count of each feedback kind, the mean rating, and the thumbs-up and conversion rates."""
+    check_filters(filters)
+    sql = _FEEDBACK_SQL.format(bucket=_BUCKET, time_condition=filters.time_condition())
+    rows = [
+        FeedbackRow(
+            bucket_start=_utc(start), variant=variant,
+            ratings=ratings, mean_rating=mean_rating,
+            thumbs=thumbs, thumbs_up_rate=thumbs_up_rate,
+            conversions=conversions, conversion_rate=conversion_rate,
+            value_count=value_count, value_sum=value_sum,
+        )
+        for (
+            start, variant, ratings, mean_rating, thumbs, thumbs_up_rate, conversions, conversion_rate, value_count, value_sum
+        ) in await store.query_all(sql, filters.parameters())
+    ]
+    return FeedbackReport(**_base(filters), rows=rows)

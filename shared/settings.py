@@ -78,11 +78,32 @@ class Settings(BaseSettings):
     request_state_ttl_s: int = Field(default=24 * 3600, gt=0)
     # The same Idempotency-Key returns the same request id for this long.
     idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    # Feedback (POST /v1/feedback, the feedback subject) is accepted on a
+    # request accepted at most this long ago. 30 days lets a conversion that
+    # a monthly billing run reports still count. Feedback on an older
+    # response, likely from a model version since replaced, is rejected.
+    feedback_attribution_window_s: int = Field(default=30 * 24 * 3600, gt=0)
+    # A feedback idempotency key returns the same feedback id for this long
+    # after its feedback was accepted. Clients retry within minutes, so a
+    # day is plenty, at an estimated few hundred bytes of Redis per key. A
+    # retry after that publishes the same event id again, which queries
+    # count once because they keep one row per event id.
+    feedback_idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
     # Each tenant's share of an endpoint pool while several tenants have
     # requests waiting, as JSON: `{"acme": 3}` gives acme 3 admissions for
     # each one of a tenant of weight 1. A tenant not listed has weight 1, so
     # by default waiting tenants take turns equally.
     tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    # A user's stored experiment variants (sticky bucketing) expire after 90
+    # days without a request, and every request restarts the period. That
+    # outlasts a typical experiment of a few weeks, so a returning user keeps
+    # the variant, while the documents of users who left do not pile up.
+    assignment_sticky_bucket_ttl_s: int = Field(default=90 * 24 * 3600, gt=0)
+    # A unit's exposure to an experiment is published once per session: a
+    # later request within 30 minutes publishes none and extends the session.
+    # 30 minutes of inactivity is the usual session timeout of web analytics
+    # (Google Analytics, Matomo).
+    assignment_exposure_session_s: int = Field(default=30 * 60, gt=0)
 
     # The HTTP port of each bus service's Prometheus `/metrics` on `host`, or
     # 0 to turn it off. Off by default, because replicas on one host, the

@@ -19,6 +19,11 @@ CHUNKS_SUBJECT_PREFIX = "sluice.chunks"
 # Core NATS request/reply (not persisted): the telemetry service's read-only store API.
 STORE_QUERY_SUBJECT = "sluice.store.query"
 STORE_QUEUE_GROUP = "telemetry"
+# Core NATS request/reply (not persisted): feedback from internal systems,
+# handled by one ingress replica of the queue group. The message names the
+# tenant, because only trusted services reach the bus.
+FEEDBACK_SUBMIT_SUBJECT = "sluice.feedback.submit"
+FEEDBACK_QUEUE_GROUP = "ingress"
 # Core NATS, no queue group: every inference replica hears each cancel notice
 # (`sluice.control.cancel.<tenant>.<request_id>`, see shared/cancellation.py).
 CANCEL_SUBJECT_PREFIX = "sluice.control.cancel"

@@ -85,12 +85,24 @@ class SluiceClient:
             raise ApiError(response.status_code, _error_message(response))
         return response.json()
 
+    async def feedback(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """POST feedback; return `{feedback_id, status}`.
+
+        Raises `ApiError` unless the API returns 202 (accepted) or 200 (a
+        repeat of `idempotency_key` with the same body).
+        """
+        async with self._translate_errors():
+            response = await self._http.post("/v1/feedback", json=body, headers={"Idempotency-Key": idempotency_key})
+        if response.status_code not in (200, 202):
+            raise ApiError(response.status_code, _error_message(response))
+        return response.json()
+
     async def summary(self, since: str | None = None, until: str | None = None) -> dict[str, Any]:
         params = {key: value for key, value in {"since": since, "until": until}.items() if value}
         return await self._get_json("/v1/reports/summary", params=params)
 
     async def analytics_report(self, name: str, filters: dict[str, str | None]) -> dict[str, Any]:
-        """Return the canned report `name` (latency, throughput, cost, safety, errors); `filters` left None are not sent."""
+        """Return the canned report `name` (latency, throughput, cost, safety, errors, feedback); `filters` left None are not sent."""
         params = {key: value for key, value in filters.items() if value is not None}
         return await self._get_json(f"/v1/reports/{name}", params=params)
 

@@ -21,6 +21,7 @@ from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
+from services.cli.feedback import MetadataError, new_idempotency_key, parse_metadata, send_feedback
 from services.cli.keys import keys_app
 from services.cli.report_charts import check_chart_path, write_series_chart
 from services.cli.report_tables import REPORT_CHARTS, REPORT_MODELS, REPORT_TABLES
@@ -28,6 +29,7 @@ from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
 from shared.drift_reports import DriftPoint, DriftState
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
+from shared.events import FeedbackKind
 from shared.settings import get_settings
 from shared.summary import TrafficSummary
 
@@ -221,20 +223,20 @@ async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_ne
 @app.command()
 def report(
     name: Annotated[
-        str, typer.Argument(help="Report name: summary, drift, latency, throughput, cost, safety or errors.")
+        str, typer.Argument(help="Report name: summary, drift, latency, throughput, cost, safety, errors or feedback.")
     ] = "summary",
     since: Annotated[str | None, typer.Option(help="Start of the time range, ISO 8601 (UTC if no offset).")] = None,
     until: Annotated[str | None, typer.Option(help="End of the time range, ISO 8601.")] = None,
     variant: Annotated[
-        str | None, typer.Option(help="latency, throughput, cost, safety, errors: only this model variant.")
+        str | None, typer.Option(help="latency, throughput, cost, safety, errors, feedback: only this model variant.")
     ] = None,
     bucket: Annotated[
         str | None,
-        typer.Option(help="latency, throughput, cost, safety, errors: time bucket, 1m, 5m, 15m, 1h or 1d. Default: 1h."),
+        typer.Option(help="latency, throughput, cost, safety, errors, feedback: time bucket, 1m, 5m, 15m, 1h or 1d. Default: 1h."),
     ] = None,
     chart: Annotated[
         Path | None,
-        typer.Option(help="latency, throughput, cost, safety, errors: also write the report's time series to this .html or .svg file."),
+        typer.Option(help="latency, throughput, cost, safety, errors, feedback: also write the report's time series to this .html or .svg file."),
     ] = None,
     plot: Annotated[
         str | None, typer.Option(help="drift only: chart this signal's alarm statistic over time, e.g. output_chars.")
@@ -409,3 +411,31 @@ def cancel(
     console.print_json(data=asyncio.run(send()))
 
 
+@app.command()
+def feedback(
+    request_id: Annotated[str, typer.Argument(help="The request id that submission returned.")],
+    kind: Annotated[FeedbackKind, typer.Option(help="What the value measures.")],
+    value: Annotated[
+        float, typer.Option(help="rating: 1 to 5; thumbs: 1 up, 0 down; conversion: 1 or 0; value: any number.")
+    ],
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", help="A tag as KEY=VALUE; repeatable, at most 32.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Sending the same key again records the feedback once. Default: a new UUID, printed."),
+    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Send feedback on a request of your tenant and print its feedback id."""
+    try:
+        tags = parse_metadata(metadata or [])
+    except MetadataError as error:
+        raise _fail(str(error)) from error
+    key = idempotency_key or new_idempotency_key()
+    try:
+        result = asyncio.run(send_feedback(_client(url, api_key), request_id, kind.value, value, tags, key))
+    except ClientError as error:
+        raise _fail(f"{error} (idempotency key {key})") from error
+    console.print_json(data={**result, "idempotency_key": key})

@@ -1,4 +1,4 @@
-"""Rendering `sluice report latency|throughput|cost|safety|errors` as terminal tables, and picking each report's chart series."""
+"""Rendering `sluice report latency|throughput|cost|safety|errors|feedback` as terminal tables, and picking each report's chart series."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.text import Text
 from shared.analytics_reports import (
     CostReport,
     ErrorsReport,
+    FeedbackReport,
     LatencyReport,
     Percentiles,
     SafetyReport,
@@ -25,6 +26,7 @@ REPORT_MODELS: dict[str, type[BaseModel]] = {
     "cost": CostReport,
     "safety": SafetyReport,
     "errors": ErrorsReport,
+    "feedback": FeedbackReport,
 }
 
 # A chart point: the series it belongs to, the bucket start and the value.
@@ -112,12 +114,32 @@ def errors_table(report: ErrorsReport) -> Table:
     return table
 
 
+def _count_and_mean(count: int, mean: float | None, mean_format: str) -> str:
+    return "0" if mean is None else f"{count} ({mean:{mean_format}})"
+
+
+def feedback_table(report: FeedbackReport) -> Table:
+    """Build one table whose cells show a count and, in brackets, its mean, rate or sum, so it fits 80 columns."""
+    columns = ["bucket (UTC)", "variant", "ratings (mean)", "thumbs (up)", "conv. (rate)", "values (sum)"]
+    table = _table("feedback by kind", columns, 2)
+    for row in report.rows:
+        table.add_row(
+            _time(row.bucket_start), Text(row.variant or "(none)"),
+            _count_and_mean(row.ratings, row.mean_rating, ".2f"),
+            _count_and_mean(row.thumbs, row.thumbs_up_rate, ".0%"),
+            _count_and_mean(row.conversions, row.conversion_rate, ".0%"),
+            _count_and_mean(row.value_count, row.value_sum if row.value_count else None, ",.2f"),
+        )
+    return table
+
+
 REPORT_TABLES: dict[str, Callable[..., RenderableType]] = {
     "latency": latency_tables,
     "throughput": throughput_table,
     "cost": cost_table,
     "safety": safety_tables,
     "errors": errors_table,
+    "feedback": feedback_table,
 }
 
 
@@ -143,6 +165,10 @@ def _errors_points(report: ErrorsReport) -> list[ChartPoint]:
     return points
 
 
+def _feedback_points(report: FeedbackReport) -> list[ChartPoint]:
+    return [(row.variant or "(none)", row.bucket_start, row.mean_rating) for row in report.rows]
+
+
 # The measure each report charts, and a function that returns its points.
 REPORT_CHARTS: dict[str, tuple[str, Callable[..., list[ChartPoint]]]] = {
     "latency": ("TTFT p95 (ms)", _latency_points),
@@ -150,4 +176,5 @@ REPORT_CHARTS: dict[str, tuple[str, Callable[..., list[ChartPoint]]]] = {
     "cost": ("cost (USD)", _cost_points),
     "safety": ("blocks per scanner", _safety_points),
     "errors": ("error and cancellation rate", _errors_points),
+    "feedback": ("mean rating", _feedback_points),
 }

@@ -62,9 +62,14 @@ def body_digest(spec: RequestSpec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
 
 
+def is_valid_idempotency_key(key: str) -> bool:
+    """Return whether `key` is 1 to 255 printable ASCII characters without spaces."""
+    return len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and _IDEMPOTENCY_KEY_PATTERN.match(key) is not None
+
+
 def check_idempotency_key(key: str) -> None:
     """Raise `InvalidRequestError` (422) unless `key` is 1 to 255 printable ASCII characters without spaces."""
-    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _IDEMPOTENCY_KEY_PATTERN.match(key):
+    if not is_valid_idempotency_key(key):
         raise InvalidRequestError(
             "invalid_idempotency_key",
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters without spaces "

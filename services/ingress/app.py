@@ -1,8 +1,8 @@
 """The ingress application: builds every component once and wires the routes and the projector to them.
 
-One NATS connection (a FastStream broker) carries both the published
-`request.accepted` events and the `request-state` consumer. One Redis client
-serves the status records, idempotency keys and release logs.
+One NATS connection (a FastStream broker) carries the published events,
+the `request-state` consumer and the feedback subject's subscription. One
+Redis client serves the status records, idempotency keys and release logs.
 """
 
 from __future__ import annotations
@@ -27,17 +27,23 @@ from shared.pulling import PullLoop
 from shared.queue_positions import QueuePositions
 from shared.release_log import ReleaseLog
 from shared.settings import Settings
+from shared.store_client import StoreClient
 
 from services.ingress.acceptance import RequestAcceptor
 from services.ingress.auth import ApiKeyAuthenticator, tenant_dependency
 from services.ingress.cancellation import RequestCanceller
 from services.ingress.errors import install_error_handlers
-from services.ingress.idempotency import IdempotencyStore
+from services.ingress.feedback import FeedbackRecorder
+from services.ingress.feedback_attribution import AttributionChecker
+from services.ingress.feedback_subject import FeedbackResponder
+from services.ingress.idempotency import FEEDBACK_KEY_PREFIX, IdempotencyStore
 from services.ingress.metrics import IngressMetrics, RequestDurationMiddleware, metrics_router
 from services.ingress.projector import RequestStateProjector
 from services.ingress.quotas import QuotaLimiter
 from services.ingress.routes_analytics import analytics_router
+from services.ingress.routes_feedback import feedback_router
 from services.ingress.routes_openai import CompletionServer, openai_router
+from services.ingress.routes_experiments import experiments_router
 from services.ingress.routes_reports import reports_router
 from services.ingress.routes_requests import requests_router
 from services.ingress.state_store import RequestStateStore
@@ -94,10 +100,13 @@ def create_app(settings: Settings) -> FastAPI:
         accepted_counter=metrics.requests_accepted,
     )
 
+    feedback = _feedback_recorder(settings, redis_client, state_store, publisher, broker)
+    feedback_responder = FeedbackResponder(feedback)
+
     # Checks both files now, so an invalid one fails here with its path in the message.
     load_serving_config(settings)
     experiments = WatchedConfig(EXPERIMENTS_KEY, settings.experiments_file, experiments_parser(settings))
-    lifespan = _lifespan(broker, projector, redis_client, authenticator, experiments, settings)
+    lifespan = _lifespan(broker, projector, redis_client, authenticator, experiments, feedback_responder, settings)
     app = FastAPI(title="Sluice ingress", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestDurationMiddleware, histogram=metrics.request_duration)
@@ -109,11 +118,29 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stream_router(authenticator, state_store, streamer, metrics.streams_in_flight))
     app.include_router(reports_router(tenant, lambda: broker.connection))
     app.include_router(analytics_router(tenant, lambda: broker.connection))
+    app.include_router(experiments_router(tenant, lambda: broker.connection, lambda: experiments.current))
+    app.include_router(feedback_router(tenant, feedback))
     completions = CompletionServer(acceptor, release_log, canceller, settings.request_timeout_s)
     app.include_router(openai_router(tenant, completions, lambda: experiments.current))
     app.include_router(_health_router(broker, redis_client))
     app.include_router(metrics_router(metrics.registry))
     return app
+
+
+def _feedback_recorder(
+    settings: Settings,
+    redis_client: redis.Redis,
+    state_store: RequestStateStore,
+    publisher: EventPublisher,
+    broker: NatsBroker,
+) -> FeedbackRecorder:
+    attribution = AttributionChecker(
+        store=lambda: StoreClient(broker.connection),
+        state_store=state_store,
+        window_s=settings.feedback_attribution_window_s,
+    )
+    idempotency = IdempotencyStore(redis_client, settings.feedback_idempotency_ttl_s, key_prefix=FEEDBACK_KEY_PREFIX)
+    return FeedbackRecorder(idempotency=idempotency, attribution=attribution, publisher=publisher)
 
 
 def _lifespan(
@@ -122,6 +149,7 @@ def _lifespan(
     redis_client: redis.Redis,
     authenticator: ApiKeyAuthenticator,
     experiments: WatchedConfig[ExperimentsFile],
+    feedback_responder: FeedbackResponder,
     settings: Settings,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
@@ -135,10 +163,12 @@ def _lifespan(
         await experiments.start(connection.jetstream())
         await broker.start()
         await projector.start(connection.jetstream())
+        await feedback_responder.start(connection)
         log.info("service_started", nats_url=settings.resolved_nats_url, http_port=settings.http_port)
         try:
             yield
         finally:
+            await feedback_responder.stop()
             await projector.stop()
             await authenticator.stop()
             await experiments.stop()

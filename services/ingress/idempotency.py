@@ -3,7 +3,9 @@
 Key: `sluice:idempotency:<tenant>:<key>`, holding JSON
 `{"request_id", "body_sha256", "accepted"}`. `accepted` turns true once the
 request was published, which distinguishes a repeat that arrives while the
-first is still being accepted from a repeat of a finished one.
+first is still being accepted from a repeat of a finished one. Feedback keys
+live apart, under `sluice:feedback-idempotency:<tenant>:<key>`, and their
+`request_id` holds the feedback id.
 """
 
 from __future__ import annotations
@@ -33,12 +35,18 @@ return false
 PENDING_RESERVATION_TTL_S = 30
 
 
-def idempotency_key(tenant: str, key: str) -> str:
-    return f"sluice:idempotency:{tenant}:{key}"
+REQUEST_KEY_PREFIX = "sluice:idempotency"
+# A separate prefix, so a client may use the same key for a request and for feedback on it.
+FEEDBACK_KEY_PREFIX = "sluice:feedback-idempotency"
+
+
+def idempotency_key(tenant: str, key: str, prefix: str = REQUEST_KEY_PREFIX) -> str:
+    return f"{prefix}:{tenant}:{key}"
 
 
 @dataclass(frozen=True)
 class IdempotencyRecord:
+    # The id that a repeat returns: the request's id, or the feedback id for a feedback key.
     request_id: str
     body_sha256: str
     accepted: bool = False
@@ -48,26 +56,29 @@ class IdempotencyStore:
     """Reserves, confirms and releases idempotency keys.
 
     A confirmed key lives `ttl_s` seconds from its confirmation, and an
-    unconfirmed reservation `PENDING_RESERVATION_TTL_S` seconds. Raises
-    `redis.exceptions.RedisError` when Redis fails.
+    unconfirmed reservation `PENDING_RESERVATION_TTL_S` seconds. Keys are
+    stored under `key_prefix`. Raises `redis.exceptions.RedisError` when
+    Redis fails.
     """
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, key_prefix: str = REQUEST_KEY_PREFIX) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._key_prefix = key_prefix
         self._reserve_script = client.register_script(_RESERVE_SCRIPT)
 
     async def reserve(self, tenant: str, key: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
         """Store `record` under `key` unless the key is taken; return None when stored, else the record already there."""
-        keys = [idempotency_key(tenant, key)]
+        keys = [idempotency_key(tenant, key, self._key_prefix)]
         existing = await self._reserve_script(keys=keys, args=[json.dumps(asdict(record)), PENDING_RESERVATION_TTL_S])
         return IdempotencyRecord(**json.loads(existing)) if existing else None
 
     async def mark_accepted(self, tenant: str, key: str, record: IdempotencyRecord) -> None:
         """Record that the request was published; from now on the key lives `ttl_s` seconds."""
         accepted = IdempotencyRecord(record.request_id, record.body_sha256, accepted=True)
-        await self._redis.set(idempotency_key(tenant, key), json.dumps(asdict(accepted)), xx=True, ex=self._ttl_s)
+        redis_key = idempotency_key(tenant, key, self._key_prefix)
+        await self._redis.set(redis_key, json.dumps(asdict(accepted)), xx=True, ex=self._ttl_s)
 
     async def release(self, tenant: str, key: str) -> None:
         """Forget the key, so a retry after a failed acceptance starts afresh."""
-        await self._redis.delete(idempotency_key(tenant, key))
+        await self._redis.delete(idempotency_key(tenant, key, self._key_prefix))

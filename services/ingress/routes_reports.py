@@ -16,11 +16,13 @@ from services.ingress.errors import ApiError, InvalidRequestError, ServiceUnavai
 from shared.analytics_reports import (
     CostReport,
     ErrorsReport,
+    FeedbackReport,
     LatencyReport,
     SafetyReport,
     ThroughputReport,
     cost_report,
     errors_report,
+    feedback_report,
     latency_report,
     safety_report,
     throughput_report,
@@ -35,15 +37,16 @@ from shared.summary import TrafficSummary
 
 log = structlog.get_logger(__name__)
 
-AnalyticsReport = LatencyReport | ThroughputReport | CostReport | SafetyReport | ErrorsReport
+AnalyticsReport = LatencyReport | ThroughputReport | CostReport | SafetyReport | ErrorsReport | FeedbackReport
 # The reports other than cost, which also takes the price table.
 _UNPRICED_REPORTS = {
     "latency": latency_report,
     "throughput": throughput_report,
     "safety": safety_report,
     "errors": errors_report,
+    "feedback": feedback_report,
 }
-ANALYTICS_REPORTS = ("latency", "throughput", "cost", "safety", "errors")
+ANALYTICS_REPORTS = ("latency", "throughput", "cost", "safety", "errors", "feedback")
 
 
 class InvalidReportRequestError(ApiError):
@@ -136,7 +139,7 @@ def reports_router(
             str | None, Query(alias="tenant", description="Admin keys only: the tenant to report on. Default: the key's tenant.")
         ] = None,
     ) -> AnalyticsReport:
-        """Return one canned report (latency, throughput, cost, safety or errors) of the caller's tenant over [since, until)."""
+        """Return one canned report (latency, throughput, cost, safety, errors or feedback) of the caller's tenant over [since, until)."""
         if name not in ANALYTICS_REPORTS:
             known = ", ".join(["summary", "drift", *ANALYTICS_REPORTS])
             raise InvalidReportRequestError("unknown_report", f"unknown report {name!r}. Known reports: {known}", field="name")
