@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import websockets
@@ -105,6 +106,11 @@ class SluiceClient:
         """Return the canned report `name` (latency, throughput, cost, safety, errors, feedback); `filters` left None are not sent."""
         params = {key: value for key, value in filters.items() if value is not None}
         return await self._get_json(f"/v1/reports/{name}", params=params)
+
+    async def experiment_report(self, key: str, filters: dict[str, str | None]) -> dict[str, Any]:
+        """Return the analysis of experiment `key`; `filters` (since, until) left None are not sent."""
+        params = {name: value for name, value in filters.items() if value is not None}
+        return await self._get_json(f"/v1/reports/experiment/{quote(key, safe='')}", params=params)
 
     async def drift_states(self) -> dict[str, Any]:
         """Return `{states}`: the latest drift comparison of every signal and model variant of the key's tenant."""

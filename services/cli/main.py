@@ -21,6 +21,7 @@ from services.cli.client import ClientError, SluiceClient
 from services.cli.config import config_app
 from services.cli.demo import PromptFileError, load_prompts, replay, summarize
 from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
+from services.cli.experiment_report import arms_table, metrics_table, summary_lines, write_interval_chart
 from services.cli.feedback import MetadataError, new_idempotency_key, parse_metadata, send_feedback
 from services.cli.keys import keys_app
 from services.cli.report_charts import check_chart_path, write_series_chart
@@ -30,6 +31,7 @@ from services.cli.tables import summary_table
 from shared.drift_reports import DriftPoint, DriftState
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.events import FeedbackKind
+from shared.experiment_analysis.report import ExperimentReport
 from shared.settings import get_settings
 from shared.summary import TrafficSummary
 
@@ -223,8 +225,12 @@ async def _demo(client: SluiceClient, texts: list[str], concurrency: int, max_ne
 @app.command()
 def report(
     name: Annotated[
-        str, typer.Argument(help="Report name: summary, drift, latency, throughput, cost, safety, errors or feedback.")
+        str,
+        typer.Argument(help="Report name: summary, drift, experiment, latency, throughput, cost, safety, errors or feedback."),
     ] = "summary",
+    experiment_key: Annotated[
+        str | None, typer.Argument(help="experiment only: the experiment's key, e.g. sampling-temperature.", show_default=False)
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Start of the time range, ISO 8601 (UTC if no offset).")] = None,
     until: Annotated[str | None, typer.Option(help="End of the time range, ISO 8601.")] = None,
     variant: Annotated[
@@ -236,7 +242,10 @@ def report(
     ] = None,
     chart: Annotated[
         Path | None,
-        typer.Option(help="latency, throughput, cost, safety, errors, feedback: also write the report's time series to this .html or .svg file."),
+        typer.Option(
+            help="latency, throughput, cost, safety, errors, feedback: also write the report's time series to this .html "
+            "or .svg file. experiment: write each metric's interval per arm."
+        ),
     ] = None,
     plot: Annotated[
         str | None, typer.Option(help="drift only: chart this signal's alarm statistic over time, e.g. output_chars.")
@@ -245,7 +254,14 @@ def report(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Print a report of your tenant's traffic, read from ClickHouse: the summary, drift, or a canned report per time bucket."""
+    """Print a report of your tenant's traffic, read from ClickHouse: the summary, drift, an experiment, or a canned report per time bucket."""
+    if experiment_key is not None and name != "experiment":
+        raise _fail(f"the {name} report takes no second argument; only `sluice report experiment KEY` does")
+    if name == "experiment":
+        if variant is not None or bucket is not None:
+            raise _fail("--variant and --bucket do not apply to the experiment report, which compares every arm")
+        _experiment_report(_client(url, api_key), experiment_key, {"since": since, "until": until}, chart)
+        return
     if name in REPORT_TABLES:
         filters = {"since": since, "until": until, "variant": variant, "bucket": bucket}
         _analytics_report(_client(url, api_key), name, filters, chart)
@@ -258,10 +274,33 @@ def report(
         _drift_report(_client(url, api_key), plot, out)
         return
     if name != "summary":
-        raise _fail(f"unknown report {name!r}; available reports: summary, drift, {', '.join(REPORT_TABLES)}")
+        raise _fail(f"unknown report {name!r}; available reports: summary, drift, experiment, {', '.join(REPORT_TABLES)}")
     summary = asyncio.run(_report(_client(url, api_key), since, until))
     console.print("report: summary of all traffic, from ClickHouse; TTFT runs from acceptance to the first generated token")
     console.print(summary_table(summary, "report summary"))
+
+
+def _experiment_report(client: SluiceClient, key: str | None, filters: dict[str, str | None], chart: Path | None) -> None:
+    if key is None:
+        raise _fail("missing experiment key: run `sluice report experiment KEY`, with a key from experiments.yaml")
+    if chart is not None:
+        try:
+            check_chart_path(chart)
+        except ValueError as error:
+            raise _fail(f"invalid --chart: {error}") from error
+    body = asyncio.run(_fetch(client, lambda: client.experiment_report(key, filters)))
+    report = ExperimentReport.model_validate(body)
+    console.print(arms_table(report))
+    console.print(metrics_table(report))
+    for line in summary_lines(report):
+        console.print(line, markup=False)
+    if chart is None:
+        return
+    try:
+        intervals = write_interval_chart(report, chart)
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    console.print(f"wrote {chart}: {intervals} intervals")
 
 
 def _analytics_report(client: SluiceClient, name: str, filters: dict[str, str | None], chart: Path | None) -> None:
@@ -323,7 +362,7 @@ async def _fetch(client: SluiceClient, request: Callable[[], Awaitable[dict]]) -
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One SELECT over events, request_signals, their rollups or drift_reports; it reads only your tenant's rows, or every tenant's with an admin key.")],
+    sql: Annotated[str, typer.Argument(help="One SELECT over events, request_signals, their rollups, drift_reports, exposures or feedback; it reads only your tenant's rows, or every tenant's with an admin key.")],
     param: Annotated[
         list[str] | None,
         typer.Option("--param", help="A value for the placeholder {NAME:Type} in the SQL, as NAME=VALUE; repeatable."),

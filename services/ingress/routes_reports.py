@@ -61,7 +61,7 @@ class ForbiddenTenantError(ApiError):
     status_code = 403
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     """Read a datetime without an offset as UTC, as the CLI documents."""
     if value is None or value.tzinfo is not None:
         return value
@@ -89,7 +89,7 @@ def reports_router(
         until: Annotated[datetime | None, Query(description="End of the range, ISO 8601; UTC if no offset.")] = None,
     ) -> TrafficSummary:
         """Return request outcomes and latency percentiles of the caller's tenant over [since, until)."""
-        since, until = _as_utc(since), _as_utc(until)
+        since, until = as_utc(since), as_utc(until)
         if since is not None and until is not None and since >= until:
             raise InvalidRequestError(
                 "invalid_time_range", f"since ({since.isoformat()}) must be before until ({until.isoformat()})", field="since"
@@ -135,7 +135,7 @@ def reports_router(
         until: Annotated[datetime | None, Query(description="End of the range, ISO 8601; UTC if no offset.")] = None,
         variant: Annotated[str | None, Query(description="Only this model variant's rows.")] = None,
         bucket: Annotated[str, Query(description="Time bucket: 1m, 5m, 15m, 1h or 1d.")] = DEFAULT_BUCKET,
-        report_tenant: Annotated[
+        requested_tenant: Annotated[
             str | None, Query(alias="tenant", description="Admin keys only: the tenant to report on. Default: the key's tenant.")
         ] = None,
     ) -> AnalyticsReport:
@@ -143,7 +143,7 @@ def reports_router(
         if name not in ANALYTICS_REPORTS:
             known = ", ".join(["summary", "drift", *ANALYTICS_REPORTS])
             raise InvalidReportRequestError("unknown_report", f"unknown report {name!r}. Known reports: {known}", field="name")
-        filters = _report_filters(_report_tenant(tenant, report_tenant), since, until, variant, bucket)
+        filters = _report_filters(report_tenant(tenant, requested_tenant), since, until, variant, bucket)
         store = StoreClient(nats_client())
         try:
             if name == "cost":
@@ -155,7 +155,7 @@ def reports_router(
     return router
 
 
-def _report_tenant(caller_tenant: str, requested_tenant: str | None) -> str:
+def report_tenant(caller_tenant: str, requested_tenant: str | None) -> str:
     """Return the tenant to report on: the key's own, or for an admin key the requested one.
 
     A tenant's key that names another tenant gets 403 rather than its own

@@ -36,6 +36,8 @@ CONFINED_TABLES = {
     "request_signals_per_minute": "tenant",
     "scanner_signals_per_minute": "tenant",
     "drift_reports": "tenant",
+    "exposures": "tenant",
+    "feedback": "tenant",
 }
 
 # The query parameter that carries the caller's tenant, bound on the server.
