@@ -47,8 +47,8 @@ NO_SHIFT_HEADERS = [
     "signals that fired",
 ]
 
-# Ten seeds per scenario take about 145 s of CPU in all (2 cores, AMD EPYC), about 30 s
-# of it embedding the prompts. A quick run's 3 seeds take about 60 s.
+# Ten seeds per scenario take about 100 s of CPU in all (2 cores, AMD EPYC), about 30 s
+# of it embedding the prompts. A quick run's 3 seeds take about 50 s.
 FULL_SEEDS = 10
 QUICK_SEEDS = 3
 # Windows per no-shift seed. Each pair of neighbouring windows is one chance for noise to

@@ -42,7 +42,11 @@ class DriftService:
         connection = await self._broker.connect()
         for endpoint in self._metrics_endpoints:
             await endpoint.start(connection.jetstream())
-        source = SignalSource(StoreClient(connection), max_samples_per_read=self._tuning.max_samples_per_read)
+        source = SignalSource(
+            StoreClient(connection),
+            max_samples_per_read=self._tuning.max_samples_per_read,
+            embedding_samples_per_window=self._tuning.embedding_samples_per_window,
+        )
         publisher = ResultPublisher(EventPublisher(self._broker), connection)
         runner = DriftRunner(source, publisher, self.metrics, self._tuning)
         self._task = asyncio.create_task(runner.run(), name="drift-schedule")

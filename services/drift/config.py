@@ -7,7 +7,9 @@ bins - 1 degrees of freedom. That is 0.18 for two windows of 100 samples and
 0.014 for 2,000 against 1,000. A classifier that cannot tell two windows
 apart has a ROC AUC with the null variance of the Mann-Whitney U statistic,
 (n1 + n2 + 1) / (12 * n1 * n2). Its standard deviation is 0.04 at 100
-against 100 and 0.011 at 2,000 against 1,000.
+against 100 and 0.013 at 1,000 against 1,000, the embedding rows it trains
+on per window (cross-validation adds noise to that, see
+DEFAULT_EMBEDDING_SAMPLES_PER_WINDOW).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # A window is compared only on a scheduled evaluation, so an alert comes at
 # most one interval after its second firing window filled. An evaluation
 # costs little (the domain classifier, the most expensive statistic, took
-# 0.27 s of CPU per variant at 2,000 against 1,000 rows), so 5 minutes keeps
-# that delay short at little cost.
+# 0.15 s of CPU per variant on its 1,000 against 1,000 rows), so 5 minutes
+# keeps that delay short at little cost.
 DEFAULT_SCHEDULE_INTERVAL_S = 300.0
 # The minimum-sample rule: a (variant, signal) window is compared only once
 # it contains this many samples, and one with fewer keeps collecting over later
 # evaluations. At 1,000 samples the no-shift PSI (about 0.014) is a tenth of
-# the 0.2 threshold and the ROC AUC noise (about 0.011) is a fifth of the
-# 0.05 margin above 0.5.
+# the 0.2 threshold. The ROC AUC noise depends on the embedding sample
+# instead (see DEFAULT_EMBEDDING_SAMPLES_PER_WINDOW).
 DEFAULT_WINDOW_MIN_SAMPLES = 1_000
 # The first window of a (variant, signal) to reach this many samples is
 # frozen as its reference. Twice the current window halves the reference's
@@ -47,10 +49,19 @@ DEFAULT_PSI_THRESHOLD = 0.2
 DEFAULT_ROC_AUC_THRESHOLD = 0.55
 # scikit-learn's default fold count for cross-validation.
 DEFAULT_DOMAIN_CLASSIFIER_FOLDS = 5
-# Rows per window that the domain classifier trains on. At 2,000 against
-# 2,000 rows the five folds took 0.38 s of CPU (two cores), and the ROC AUC
-# noise at that size is 0.009.
-DEFAULT_DOMAIN_CLASSIFIER_MAX_ROWS = 2_000
+# Prompt embeddings per window that the source reads from the store and the
+# domain classifier trains on. The store counts and sums every request's
+# embedding for the centroid, so only this sample of rows crosses the bus.
+# Fewer rows make the ROC AUC noisier than the Mann-Whitney figure above,
+# because cross-validation adds the classifier's own fitting noise. Over 150
+# no-shift draws of the drift benchmark's everyday traffic (a 2,000-request
+# reference against a 1,000-request window), its standard deviation was
+# 0.024 at 500 rows per window and 1.3% of windows passed 0.55. At 1,000
+# rows it was 0.0175 and none passed. More rows cost bytes: a row of 384
+# float32 values is about 2,070 bytes of JSON, so 1,000 rows are about 2.1 MB,
+# three store API replies of at most 830 KB. The five folds took 0.15 s of
+# CPU at 1,000 against 1,000 rows (two cores).
+DEFAULT_EMBEDDING_SAMPLES_PER_WINDOW = 1_000
 # Hysteresis. An alert is raised after this many consecutive firing windows,
 # so a single noisy window never raises one, and a shift that fires from
 # its first window raises one on its second.
@@ -90,7 +101,7 @@ class DriftSettings(BaseSettings):
     psi_threshold: float = Field(default=DEFAULT_PSI_THRESHOLD, gt=0)
     roc_auc_threshold: float = Field(default=DEFAULT_ROC_AUC_THRESHOLD, gt=0.5, lt=1)
     domain_classifier_folds: int = Field(default=DEFAULT_DOMAIN_CLASSIFIER_FOLDS, ge=2)
-    domain_classifier_max_rows: int = Field(default=DEFAULT_DOMAIN_CLASSIFIER_MAX_ROWS, ge=1)
+    embedding_samples_per_window: int = Field(default=DEFAULT_EMBEDDING_SAMPLES_PER_WINDOW, ge=1)
     raise_after_windows: int = Field(default=DEFAULT_RAISE_AFTER_WINDOWS, ge=1)
     resolve_after_windows: int = Field(default=DEFAULT_RESOLVE_AFTER_WINDOWS, ge=1)
     max_samples_per_read: int = Field(default=DEFAULT_MAX_SAMPLES_PER_READ, ge=1)
@@ -100,11 +111,11 @@ class DriftSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_folds_fit_windows(self) -> DriftSettings:
         # Stratified cross-validation needs at least one row of each window in every fold.
-        smallest = min(self.window_min_samples, self.reference_min_samples, self.domain_classifier_max_rows)
+        smallest = min(self.window_min_samples, self.reference_min_samples, self.embedding_samples_per_window)
         if smallest < self.domain_classifier_folds:
             raise ValueError(
                 f"domain_classifier_folds ({self.domain_classifier_folds}) exceeds the smallest window "
                 f"({smallest} rows, the least of window_min_samples, reference_min_samples and "
-                f"domain_classifier_max_rows). Lower the fold count or raise the window sizes"
+                f"embedding_samples_per_window). Lower the fold count or raise the window sizes"
             )
         return self

@@ -131,9 +131,10 @@ class Detector:
                     current,
                     threshold=settings.roc_auc_threshold,
                     folds=settings.domain_classifier_folds,
-                    max_rows=settings.domain_classifier_max_rows,
+                    max_rows=settings.embedding_samples_per_window,
                 )
-                return (roc_auc, centroid_cosine_distance(reference, current))
+                # The centroids cover every request of each window, and the classifier only a sample of them.
+                return (roc_auc, centroid_cosine_distance(pair.reference.centroid, pair.current.centroid))
 
     def _update_alarm(self, result: SignalResult) -> Alert | None:
         if result.outcome is Outcome.TOO_FEW_SAMPLES:

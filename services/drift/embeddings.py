@@ -49,10 +49,8 @@ def domain_classifier_roc_auc(
     return StatisticResult.compare(DOMAIN_CLASSIFIER_ROC_AUC, roc_auc_score(labels, scores), threshold, Direction.ABOVE)
 
 
-def centroid_cosine_distance(reference: np.ndarray, current: np.ndarray) -> StatisticResult:
-    """Compute 1 - cosine similarity of the two windows' mean rows, from 0 (same direction) to 2."""
-    reference_centroid = reference.mean(axis=0)
-    current_centroid = current.mean(axis=0)
+def centroid_cosine_distance(reference_centroid: np.ndarray, current_centroid: np.ndarray) -> StatisticResult:
+    """Compute 1 - cosine similarity of the two windows' mean rows (centroids), from 0 (same direction) to 2."""
     norms = np.linalg.norm(reference_centroid) * np.linalg.norm(current_centroid)
     # A zero centroid has no direction, so it counts as orthogonal instead of dividing by zero.
     similarity = float(reference_centroid @ current_centroid / norms) if norms > 0 else 0.0

@@ -12,18 +12,27 @@ because the queries group by request id.
 A signal's time is the time of the event it comes from (the prompt's when
 the request was accepted, the output's when it was delivered), so a request
 whose output arrives after a window closed counts in the next window.
+
+Prompt embeddings (384 float32 values each) are not read one per request.
+ClickHouse counts and sums them, and only a bounded sample of rows crosses
+the bus (see `embedding_summary`), in pages that fit NATS's default 1 MiB
+message size. Requests stored without an embedding (telemetry's
+SLUICE_TELEMETRY_EMBED_PROMPTS off) are skipped, so while it is off no
+reference fills and the signal is never compared.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 
+from services.drift.embedding_summary import EmbeddingSummary
 from services.drift.windows import SignalWindow
-from shared.drift_signals import Signal
+from shared.drift_signals import Signal, SignalKind
 from shared.events import EventType
 from shared.store_client import MAX_PAGE_SIZE, StoreClient
 
@@ -38,10 +47,14 @@ _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 @dataclass(frozen=True)
 class _SignalQuery:
-    """The source of a signal's value: an event type and a ClickHouse expression over that event's `request_signals` row."""
+    """The source of a signal's value: an event type and a ClickHouse expression over that event's `request_signals` row.
+
+    `condition`, when set, is an extra filter on those rows: a row that fails it gives the request no value.
+    """
 
     event_type: EventType
     value: str
+    condition: str = ""
 
 
 def _max_score(column: str) -> str:
@@ -58,14 +71,11 @@ _SIGNAL_QUERIES: dict[Signal, _SignalQuery] = {
     # NOTE: a prompt blocked at screening never gets a variant, so this rate
     # counts only outputs that moderation blocked.
     Signal.BLOCK_RATE: _SignalQuery(EventType.MODERATED, "toUInt8(moderation_verdict = 'blocked')"),
+    Signal.PROMPT_EMBEDDING: _SignalQuery(EventType.ACCEPTED, "prompt_embedding", " AND notEmpty(prompt_embedding)"),
 }
 
 # The signals the store can supply now. Feedback and conversion have no
 # events yet, so the detector gets no windows for them.
-# NOTE: prompt embeddings are stored only with SLUICE_TELEMETRY_EMBED_PROMPTS,
-# and this source does not read them yet. The domain classifier needs raw
-# vectors of 384 floats each, so a read would have to sample them down to a
-# few hundred per window to keep the store API's replies small.
 SOURCED_SIGNALS: tuple[Signal, ...] = tuple(_SIGNAL_QUERIES)
 
 # One row per request of the tenant and variant with a `{event_type}` event
@@ -76,7 +86,7 @@ _PER_REQUEST_VALUES = """
 SELECT request_id, any({value}) AS value, min(ts) AS observed_at
 FROM request_signals
 WHERE tenant = {{tenant:String}}
-  AND type = '{event_type}'{time_range}
+  AND type = '{event_type}'{condition}{time_range}
   AND request_id IN (
       SELECT request_id
       FROM request_signals
@@ -106,6 +116,46 @@ ORDER BY cityHash64(request_id)
 LIMIT {{max_rows:UInt32}}
 """
 
+# The first `reference_rows` requests in time, with their request ids, for
+# the embedding reference. Ties on the time break by request id, as in
+# `_FIRST_SAMPLES_SQL`.
+_FIRST_REQUESTS_SQL = """
+SELECT request_id, value, observed_at
+FROM ({per_request})
+ORDER BY observed_at, request_id
+LIMIT {{reference_rows:UInt32}}
+"""
+
+# The number of embeddings in `{rows}`, their sum for the centroid, and their
+# first and last times. sumForEach adds the arrays element by element, in
+# Float64.
+_EMBEDDING_TOTALS_SQL = """
+SELECT count() AS requests, sumForEach(value) AS vector_sum, min(observed_at), max(observed_at)
+FROM ({rows})
+"""
+
+# An embedding as base64 text of its float32 values. hex() writes a Float32's
+# four IEEE 754 bytes in little-endian order on any host (ClickHouse's
+# src/Functions/FunctionsBinaryRepresentation.cpp). For 384 values that is
+# 2,048 exact characters, against about 8,000 for a JSON array of decimals.
+_ENCODED_EMBEDDING = "base64Encode(unhex(arrayStringConcat(arrayMap(x -> hex(x), value))))"
+
+# The bottom-k sample of `{rows}` (see `embedding_summary`): the requests
+# with the smallest hashes of their ids, the same ones on every read.
+_EMBEDDING_SAMPLE_SQL = """
+SELECT cityHash64(request_id) AS sample_key, {embedding} AS embedding
+FROM ({rows})
+ORDER BY sample_key, request_id
+LIMIT {{sample_limit:UInt32}}
+"""
+
+# Rows per store API page of an embedding sample. A row of 384 values is
+# about 2,070 bytes of JSON (a key of up to 20 digits and 2,048 characters of
+# base64), so 400 rows make about 830 KB, under NATS's default max_payload of
+# 1 MiB. The store would cut a larger page short to fit, but each page reruns
+# the query, and a cut page makes it read rows that it then drops.
+EMBEDDING_PAGE_SIZE = 400
+
 # The variants that received requests in the time range, per tenant.
 _VARIANTS_SQL = """
 SELECT DISTINCT tenant, variant
@@ -121,11 +171,17 @@ _ASSIGNED_UNTIL = " AND ts <= {assigned_until:DateTime64(6, 'UTC')}"
 
 
 class SignalSource:
-    """Reads signal values from the store API. Raises the store client's `StoreError` subclasses."""
+    """Reads signal values from the store API. Raises the store client's `StoreError` subclasses.
 
-    def __init__(self, store: StoreClient, *, max_samples_per_read: int) -> None:
+    `max_samples_per_read` caps the values of one read of a numeric or rate
+    signal, and `embedding_samples_per_window` the embedding rows of one read
+    of the prompt embedding signal.
+    """
+
+    def __init__(self, store: StoreClient, *, max_samples_per_read: int, embedding_samples_per_window: int) -> None:
         self._store = store
         self._max_samples_per_read = max_samples_per_read
+        self._embedding_samples_per_window = embedding_samples_per_window
 
     async def variants(self, start: datetime | None, end: datetime) -> list[tuple[str, str]]:
         """Return the (tenant, variant) pairs that had a request assigned in (start, end]. A `start` of None leaves the range open."""
@@ -139,9 +195,12 @@ class SignalSource:
     ) -> SignalWindow | None:
         """Return the first `sample_count` samples of (tenant, variant, signal) up to `end` as a window, or None while there are fewer.
 
-        The window runs from the first sample's time to the last one's.
+        The window runs from the first sample's time to the last one's. An
+        embedding reference contains a sample of its rows (see `embedding_summary`).
         """
         per_request, parameters = _per_request_query(tenant, variant, signal, None, end)
+        if signal.kind is SignalKind.EMBEDDING:
+            return await self._embedding_reference(signal, per_request, parameters, sample_count)
         sql = _FIRST_SAMPLES_SQL.format(per_request=per_request)
         rows = await self._store.query_all(sql, {**parameters, "max_rows": sample_count}, page_size=MAX_PAGE_SIZE)
         if len(rows) < sample_count:
@@ -149,13 +208,75 @@ class SignalSource:
         values = np.array([value for value, _observed_at in rows])
         return SignalWindow(signal, _parse_time(rows[0][1]), _parse_time(rows[-1][1]), values)
 
-    async def sample(self, tenant: str, variant: str, signal: Signal, start: datetime, end: datetime) -> np.ndarray:
-        """Return the values of (tenant, variant, signal) in (start, end], sampled down to `max_samples_per_read`."""
+    async def sample(
+        self, tenant: str, variant: str, signal: Signal, start: datetime, end: datetime
+    ) -> np.ndarray | EmbeddingSummary:
+        """Return the values of (tenant, variant, signal) in (start, end], sampled down to `max_samples_per_read`.
+
+        For the embedding signal, return the summary of every embedding in
+        the range, with a sample of at most `embedding_samples_per_window` rows.
+        """
         per_request, parameters = _per_request_query(tenant, variant, signal, start, end)
+        if signal.kind is SignalKind.EMBEDDING:
+            totals = await self._embedding_totals(per_request, parameters)
+            return await self._embedding_summary(per_request, parameters, totals)
         sql = _SAMPLED_SQL.format(per_request=per_request)
         parameters["max_rows"] = self._max_samples_per_read
         rows = await self._store.query_all(sql, parameters, page_size=MAX_PAGE_SIZE)
         return np.array([value for (value,) in rows])
+
+    async def _embedding_reference(
+        self, signal: Signal, per_request: str, parameters: dict[str, Any], sample_count: int
+    ) -> SignalWindow | None:
+        first_requests = _FIRST_REQUESTS_SQL.format(per_request=per_request)
+        parameters = {**parameters, "reference_rows": sample_count}
+        totals = await self._embedding_totals(first_requests, parameters)
+        if totals.count < sample_count:
+            return None
+        summary = await self._embedding_summary(first_requests, parameters, totals)
+        return SignalWindow.of_embeddings(signal, _parse_time(totals.first), _parse_time(totals.last), summary)
+
+    async def _embedding_totals(self, rows_sql: str, parameters: dict[str, Any]) -> _EmbeddingTotals:
+        sql = _EMBEDDING_TOTALS_SQL.format(rows=rows_sql)
+        [[count, vector_sum, first, last]] = await self._store.query_all(sql, parameters)
+        return _EmbeddingTotals(int(count), vector_sum, first, last)
+
+    async def _embedding_summary(
+        self, rows_sql: str, parameters: dict[str, Any], totals: _EmbeddingTotals
+    ) -> EmbeddingSummary:
+        """Read the sample of `rows_sql` and return it with `totals`, which were read before it."""
+        limit = self._embedding_samples_per_window
+        if totals.count == 0:
+            return EmbeddingSummary.empty(limit)
+        sql = _EMBEDDING_SAMPLE_SQL.format(rows=rows_sql, embedding=_ENCODED_EMBEDDING)
+        rows = await self._store.query_all(sql, {**parameters, "sample_limit": limit}, page_size=EMBEDDING_PAGE_SIZE)
+        keys = [int(key) for key, _embedding in rows]
+        embeddings = _decoded_embeddings([embedding for _key, embedding in rows])
+        # NOTE: the totals and the sample are two queries, so a row stored
+        # between them makes them disagree. Only a row stored later than the
+        # runner's settle delay can. When the sample then exceeds the count,
+        # EmbeddingSummary raises ValueError and the runner reads the range again.
+        return EmbeddingSummary(totals.count, np.asarray(totals.vector_sum, dtype=np.float64), keys, embeddings, limit)
+
+
+@dataclass(frozen=True)
+class _EmbeddingTotals:
+    count: int
+    vector_sum: list[float]
+    # The store API's ISO 8601 times of the first and last embedding.
+    first: str
+    last: str
+
+
+def _decoded_embeddings(encoded: list[str]) -> np.ndarray:
+    """Decode `_ENCODED_EMBEDDING` texts into rows of shape (n, dimensions). Raises ValueError when their lengths differ."""
+    rows = [np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4") for text in encoded]
+    widths = sorted({len(row) for row in rows})
+    if len(widths) > 1:
+        raise ValueError(
+            f"prompt embeddings of {widths} dimensions in one read. Embed every prompt of a tenant with the same encoder"
+        )
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def _per_request_query(
@@ -171,6 +292,7 @@ def _per_request_query(
     sql = _PER_REQUEST_VALUES.format(
         value=query.value,
         event_type=query.event_type.value,
+        condition=query.condition,
         time_range=(_AFTER_START if start is not None else "") + _UNTIL_END,
         assignment_range=assignment_range,
     )

@@ -7,7 +7,9 @@ have an output length, and few get feedback. The first window to reach
 soon as an evaluation finds `window_min_samples` in them, and a window with
 fewer keeps collecting, so no comparison runs on a small, noisy sample.
 Consecutive windows share no samples, so the hysteresis in `alarms` counts
-independent evidence.
+independent evidence. A prompt embedding window read from the store
+collects `EmbeddingSummary` batches instead of rows: it counts every
+request, and keeps only a bounded sample of their embeddings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime
 
 import numpy as np
 
+from services.drift.embedding_summary import EmbeddingSummary
 from shared.drift_signals import Signal, SignalKind
 
 
@@ -40,12 +43,18 @@ class SignalWindow:
     booleans of shape (n,) for a rate, and floats of shape (n, dimensions)
     for an embedding. Raises ValueError for another shape, a non-finite
     value, a rate outcome other than 0 or 1, or `end` before `start`.
+
+    An embedding window read from the store contains a sample of its rows in
+    `values`, and sets `row_count` and `row_mean` from all of them (see
+    `embedding_summary`). Both are None when `values` holds every row.
     """
 
     signal: Signal
     start: datetime
     end: datetime
     values: np.ndarray
+    row_count: int | None = None
+    row_mean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.end < self.start:
@@ -53,14 +62,42 @@ class SignalWindow:
         values = _validated_values(self.signal, self.values)
         values.setflags(write=False)
         object.__setattr__(self, "values", values)
+        if self.row_count is not None or self.row_mean is not None:
+            object.__setattr__(self, "row_mean", self._validated_row_mean())
+
+    @classmethod
+    def of_embeddings(cls, signal: Signal, start: datetime, end: datetime, summary: EmbeddingSummary) -> SignalWindow:
+        """Build the window of a summary's sample rows, with its count and centroid over every row."""
+        return cls(signal, start, end, summary.sample_rows, row_count=summary.count, row_mean=summary.centroid)
 
     @property
     def sample_count(self) -> int:
-        return len(self.values)
+        """The number of requests in the window, which for a sampled embedding window exceeds `len(values)`."""
+        return self.row_count if self.row_count is not None else len(self.values)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """Return the mean row of an embedding window, over every row of the window and not only the sample."""
+        return self.row_mean if self.row_mean is not None else self.values.mean(axis=0)
 
     @property
     def bounds(self) -> WindowBounds:
         return WindowBounds(start=self.start, end=self.end, sample_count=self.sample_count)
+
+    def _validated_row_mean(self) -> np.ndarray:
+        if self.signal.kind is not SignalKind.EMBEDDING or self.row_count is None or self.row_mean is None:
+            raise ValueError(
+                f"{self.signal} window: row_count and row_mean describe a sampled embedding window. "
+                "Set both, and only for an embedding signal"
+            )
+        row_mean = np.asarray(self.row_mean, dtype=np.float64)
+        if self.row_count < len(self.values) or row_mean.shape != self.values.shape[1:]:
+            raise ValueError(
+                f"{self.signal} window: row_count {self.row_count} and row_mean of shape {row_mean.shape} do not fit "
+                f"a sample of shape {self.values.shape}. Pass the count and mean of the rows that were sampled"
+            )
+        row_mean.setflags(write=False)
+        return row_mean
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +131,8 @@ class _Collector:
     start: datetime
     end: datetime
     batches: list[np.ndarray] = field(default_factory=list)
+    # Set instead of `batches` for an embedding signal read from the store as summaries.
+    summary: EmbeddingSummary | None = None
     sample_count: int = 0
 
 
@@ -109,22 +148,32 @@ class DriftWindows:
         self._references: dict[tuple[str, Signal], SignalWindow] = {}
         self._collectors: dict[tuple[str, Signal], _Collector] = {}
 
-    def add(self, variant: str, signal: Signal, values: Iterable[object], *, start: datetime, end: datetime) -> None:
+    def add(
+        self,
+        variant: str,
+        signal: Signal,
+        values: Iterable[object] | EmbeddingSummary,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> None:
         """Append the samples observed from `start` to `end` to the open window of (variant, signal).
 
-        Batches of one (variant, signal) must not overlap in time. Raises
-        ValueError when `start` is before the end of the previous batch,
-        because overlapping batches would count samples twice.
+        `values` holds every sample, or for an embedding signal it may be
+        the store's summary of them. Batches of one (variant, signal) must
+        not overlap in time. Raises ValueError when `start` is before the
+        end of the previous batch, because overlapping batches would count
+        samples twice, and when one window gets both summaries and rows.
         """
+        if isinstance(values, EmbeddingSummary):
+            self._add_summary(variant, signal, values, start=start, end=end)
+            return
         batch = SignalWindow(signal, start, end, np.asarray(values)).values
-        key = (variant, signal)
-        collector = self._collectors.get(key)
-        if collector is None:
-            collector = self._collectors[key] = _Collector(start=start, end=end)
-        elif start < collector.end:
+        collector = self._open_collector(variant, signal, start, end)
+        if collector.summary is not None:
             raise ValueError(
-                f"variant {variant!r}, {signal}: batch starts at {start}, before the previous batch ended "
-                f"({collector.end}). Pass each time range once"
+                f"variant {variant!r}, {signal}: rows added to a window of embedding summaries. "
+                "Add either rows or summaries to one signal"
             )
 
         collector.end = end
@@ -181,8 +230,45 @@ class DriftWindows:
             return None
 
         del self._collectors[key]
+        if collector.summary is not None:
+            return SignalWindow.of_embeddings(key[1], collector.start, collector.end, collector.summary)
         values = np.concatenate(collector.batches)
         return SignalWindow(key[1], collector.start, collector.end, values)
+
+    def _add_summary(
+        self, variant: str, signal: Signal, summary: EmbeddingSummary, *, start: datetime, end: datetime
+    ) -> None:
+        if signal.kind is not SignalKind.EMBEDDING:
+            raise ValueError(f"variant {variant!r}, {signal}: an embedding summary was added to a {signal.kind} signal")
+        if end < start:
+            raise ValueError(f"{signal} batch ends ({end}) before it starts ({start})")
+        collector = self._open_collector(variant, signal, start, end)
+        if collector.batches:
+            raise ValueError(
+                f"variant {variant!r}, {signal}: an embedding summary added to a window of rows. "
+                "Add either rows or summaries to one signal"
+            )
+
+        merged = summary if collector.summary is None else collector.summary.merged(summary)
+        collector.end = end
+        collector.summary = merged
+        collector.sample_count = merged.count
+
+    def _open_collector(self, variant: str, signal: Signal, start: datetime, end: datetime) -> _Collector:
+        """Return the open collector of (variant, signal), a new one if none is open.
+
+        Raises ValueError when `start` is before the end of the previous batch.
+        """
+        key = (variant, signal)
+        collector = self._collectors.get(key)
+        if collector is None:
+            return self._collectors.setdefault(key, _Collector(start=start, end=end))
+        if start < collector.end:
+            raise ValueError(
+                f"variant {variant!r}, {signal}: batch starts at {start}, before the previous batch ended "
+                f"({collector.end}). Pass each time range once"
+            )
+        return collector
 
 
 def _validated_values(signal: Signal, values: np.ndarray) -> np.ndarray:

@@ -1,15 +1,18 @@
-"""Labelled prompts and their all-MiniLM-L6-v2 embeddings, computed once per test session."""
+"""Labelled prompts and their all-MiniLM-L6-v2 embeddings, computed once per test session, and a telemetry service that stores embeddings."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from load_tests.drift_traffic import PROMPTS_DIR, load_prompt_texts
 from services.telemetry.prompt_embeddings import embed_prompts
+from shared.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +58,21 @@ def _embedding_key(texts: list[str]) -> str:
     for text in texts:
         digest.update(b"\0" + text.encode())
     return digest.hexdigest()[:16]
+
+
+@pytest.fixture
+async def embedding_telemetry_app(nats_url: str, clickhouse_dsn: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Run the telemetry service with prompt embeddings on, as `telemetry_app` runs it without them; yield its settings.
+
+    A test must not use both fixtures, because two telemetry services would
+    share the durable consumer and each store only part of the events.
+    """
+    from services.telemetry.app import make_app
+    from services.telemetry.settings import TelemetrySettings
+
+    settings = Settings(nats_url=nats_url, clickhouse_dsn=clickhouse_dsn, data_dir=tmp_path)
+    tuning = TelemetrySettings(
+        fetch_timeout_s=0.1, retry_delay_initial_s=0.1, retry_delay_max_s=0.5, embed_prompts=True
+    )
+    async with make_app(settings, tuning):
+        yield settings

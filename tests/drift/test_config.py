@@ -29,3 +29,8 @@ def test_folds_above_window_size_rejected() -> None:
 def test_roc_auc_threshold_must_exceed_chance() -> None:
     with pytest.raises(ValidationError, match="roc_auc_threshold"):
         DriftSettings(roc_auc_threshold=0.5)
+
+
+def test_folds_above_embedding_sample_rejected() -> None:
+    with pytest.raises(ValidationError, match="embedding_samples_per_window"):
+        DriftSettings(embedding_samples_per_window=3, domain_classifier_folds=5)

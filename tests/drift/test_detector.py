@@ -10,13 +10,14 @@ import pytest
 from services.drift.alarms import AlertStatus
 from services.drift.config import DriftSettings
 from services.drift.detector import Detector, Outcome
+from services.drift.embeddings import CENTROID_COSINE_DISTANCE, DOMAIN_CLASSIFIER_ROC_AUC
 from services.drift.numeric import KS_P_VALUE, PSI
 from services.drift.windows import SignalWindow, WindowPair
 from shared.drift_signals import Signal
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T1 = datetime(2025, 1, 2, tzinfo=UTC)
-SMALL = DriftSettings(reference_min_samples=400, window_min_samples=200, domain_classifier_max_rows=400)
+SMALL = DriftSettings(reference_min_samples=400, window_min_samples=200, embedding_samples_per_window=400)
 
 
 def pair(signal: Signal, reference: np.ndarray, current: np.ndarray, variant: str = "a") -> WindowPair:
@@ -137,3 +138,17 @@ def test_alert_names_signal_statistic_and_windows() -> None:
     assert alert.reference.sample_count == 400
     assert alert.current.sample_count == 200
     assert alert.current.start == T1
+
+
+def test_sampled_embedding_uses_store_centroids() -> None:
+    rng = np.random.default_rng(10)
+    sample = rng.normal(size=(200, 8))
+    reference = SignalWindow(Signal.PROMPT_EMBEDDING, T0, T1, sample, row_count=400, row_mean=np.eye(8)[0])
+    current = SignalWindow(Signal.PROMPT_EMBEDDING, T1, T1, sample, row_count=200, row_mean=np.eye(8)[1])
+
+    result = Detector(SMALL).evaluate([WindowPair("a", reference, current)]).results[0]
+
+    assert result.outcome is Outcome.QUIET
+    assert result.reference.sample_count == 400
+    assert [statistic.name for statistic in result.statistics] == [DOMAIN_CLASSIFIER_ROC_AUC, CENTROID_COSINE_DISTANCE]
+    assert result.statistics[1].value == pytest.approx(1.0)

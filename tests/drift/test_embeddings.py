@@ -45,7 +45,10 @@ def test_roc_auc_is_reproducible() -> None:
 
 
 def test_centroid_distance_is_context_only() -> None:
-    result = centroid_cosine_distance(unit_rows(500, 7, offset=0.3), unit_rows(500, 8, offset=-0.3))
+    reference = unit_rows(500, 7, offset=0.3)
+    current = unit_rows(500, 8, offset=-0.3)
+
+    result = centroid_cosine_distance(reference.mean(axis=0), current.mean(axis=0))
 
     assert result.name == CENTROID_COSINE_DISTANCE
     assert result.value > 1.0
@@ -54,6 +57,12 @@ def test_centroid_distance_is_context_only() -> None:
 
 
 def test_centroid_distance_same_rows_is_zero() -> None:
-    rows = unit_rows(500, 9, offset=0.3)
+    centroid = unit_rows(500, 9, offset=0.3).mean(axis=0)
 
-    assert abs(centroid_cosine_distance(rows, rows).value) < 1e-6
+    assert abs(centroid_cosine_distance(centroid, centroid).value) < 1e-6
+
+
+def test_centroid_distance_ignores_scale() -> None:
+    centroid = unit_rows(500, 10, offset=0.3).mean(axis=0)
+
+    assert abs(centroid_cosine_distance(centroid, 3.0 * centroid).value) < 1e-6

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +16,7 @@ from nats.aio.msg import Msg
 from services.drift.alarms import AlertStatus
 from services.drift.config import DriftSettings
 from services.drift.detector import Outcome
+from services.drift.embedding_summary import EmbeddingSummary
 from services.drift.metrics import DriftMetrics
 from services.drift.numeric import PSI
 from services.drift.publishing import ALERTS_SUBJECT, ResultPublisher
@@ -44,19 +43,17 @@ from shared.events import (
 )
 from shared.settings import Settings
 from shared.store_client import StoreClient
-from shared.subjects import TELEMETRY_CONSUMER
-from tests.support.jetstream import QUIET_S, publish_envelope, wait_until_settled
+from tests.drift.store_events import publish_all, wait_for_alerts, wait_for_reports
 
 pytestmark = [pytest.mark.nats, pytest.mark.clickhouse]
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 PHASE = timedelta(hours=1)
 VARIANTS = ("a", "b")
-SETTINGS = DriftSettings(reference_min_samples=300, window_min_samples=150, domain_classifier_max_rows=300)
+SETTINGS = DriftSettings(reference_min_samples=300, window_min_samples=150, embedding_samples_per_window=300)
+# The `telemetry_app` fixture stores no prompt embeddings, so the embedding signal never fills a reference.
+COMPARED_SIGNALS = tuple(signal for signal in SOURCED_SIGNALS if signal is not Signal.PROMPT_EMBEDDING)
 SPEC = RequestSpec(messages=[ChatMessage(role="user", content="Speak of the sea.")])
-# Telemetry stores a few thousand events in seconds, and this limit leaves room on a loaded machine.
-STORE_WAIT_S = 60.0
-PUBLISH_CONCURRENCY = 64
 
 
 def request_events(tenant: str, variant: str, at: datetime, rng: np.random.Generator, output_median_chars: float) -> list[Envelope]:
@@ -112,25 +109,6 @@ def phase_events(tenant: str, phase: int, count: int, rng: np.random.Generator, 
     return events
 
 
-async def publish_all(nats_url: str, events: list[Envelope]) -> int:
-    """Publish `events` to JetStream and return the highest stream sequence."""
-    client = await nats.connect(nats_url)
-    try:
-        jetstream = client.jetstream()
-        semaphore = asyncio.Semaphore(PUBLISH_CONCURRENCY)
-
-        async def publish(envelope: Envelope) -> None:
-            async with semaphore:
-                await publish_envelope(jetstream, envelope)
-
-        await asyncio.gather(*(publish(envelope) for envelope in events))
-        info = await jetstream.stream_info(TELEMETRY_CONSUMER.stream)
-        await wait_until_settled(jetstream, TELEMETRY_CONSUMER, info.state.last_seq, STORE_WAIT_S)
-        return info.state.last_seq
-    finally:
-        await client.close()
-
-
 @pytest.fixture
 async def nats_client(telemetry_app: Settings) -> AsyncIterator[NatsClient]:
     client = await nats.connect(telemetry_app.resolved_nats_url)
@@ -156,41 +134,14 @@ async def runner_parts(telemetry_app: Settings, nats_client: NatsClient) -> Asyn
     broker = make_broker(telemetry_app.resolved_nats_url)
     await broker.connect()
     metrics = DriftMetrics()
-    source = SignalSource(StoreClient(nats_client), max_samples_per_read=SETTINGS.max_samples_per_read)
+    source = SignalSource(
+        StoreClient(nats_client),
+        max_samples_per_read=SETTINGS.max_samples_per_read,
+        embedding_samples_per_window=SETTINGS.embedding_samples_per_window,
+    )
     runner = DriftRunner(source, ResultPublisher(EventPublisher(broker), nats_client), metrics, SETTINGS)
     yield runner, metrics
     await broker.stop()
-
-
-async def wait_for_alerts(received: list[dict], tenant: str) -> list[dict]:
-    """Wait until an alert of `tenant` arrives, or QUIET_S seconds after the first one, and return the tenant's alerts.
-
-    Alerts travel on core NATS, so the subscription's callback may run after the publish returned.
-    """
-    deadline = time.monotonic() + STORE_WAIT_S
-    while not any(alert["tenant"] == tenant for alert in received) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    # Any further alert of the same evaluation would arrive within this pause.
-    await asyncio.sleep(QUIET_S)
-    return [alert for alert in received if alert["tenant"] == tenant]
-
-
-async def wait_for_reports(store: StoreClient, tenant: str, count: int) -> list[dict]:
-    """Poll `drift_reports` until it contains `count` rows of `tenant`, and return them ordered by time, variant and signal."""
-    sql = """
-        SELECT variant, signal, outcome, alert_active, statistic, value,
-               reference_samples, current_samples, current_start, current_end, evaluation_id
-        FROM drift_reports FINAL
-        WHERE tenant = {tenant:String}
-        ORDER BY evaluated_at, variant, signal
-    """
-    deadline = time.monotonic() + STORE_WAIT_S
-    while True:
-        page = await store.query_all_pages(sql, {"tenant": tenant})
-        rows = [dict(zip(page.columns, row)) for row in page.rows]
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.2)
 
 
 async def test_runner_reports_and_alerts_shifted_output(
@@ -238,10 +189,10 @@ async def test_runner_reports_and_alerts_shifted_output(
     assert metrics.registry.get_sample_value("sluice_drift_alert_active", {**alert_labels, "variant": "b"}) == 1.0
     assert metrics.registry.get_sample_value("sluice_drift_alert_active", {**alert_labels, "variant": "a"}) == 0.0
 
-    compared = 2 * len(VARIANTS) * len(SOURCED_SIGNALS)
+    compared = 2 * len(VARIANTS) * len(COMPARED_SIGNALS)
     rows = await wait_for_reports(StoreClient(nats_client), tenant, compared)
     assert len(rows) == compared
-    assert {row["signal"] for row in rows} == {str(signal) for signal in SOURCED_SIGNALS}
+    assert {row["signal"] for row in rows} == {str(signal) for signal in COMPARED_SIGNALS}
     assert {row["variant"] for row in rows} == set(VARIANTS)
     assert {row["reference_samples"] for row in rows} == {SETTINGS.reference_min_samples}
     assert {row["current_samples"] for row in rows} == {SETTINGS.window_min_samples}
@@ -265,13 +216,13 @@ async def test_drift_report_reads_latest_and_history(
     for hours in (1, 2, 3):
         await runner.evaluate(T0 + hours * PHASE)
     store = StoreClient(nats_client)
-    await wait_for_reports(store, tenant, 2 * len(VARIANTS) * len(SOURCED_SIGNALS))
+    await wait_for_reports(store, tenant, 2 * len(VARIANTS) * len(COMPARED_SIGNALS))
 
     states = await latest_drift_states(store, tenant)
     history = await drift_history(store, tenant, "output_chars")
 
     assert [(state.variant, state.signal) for state in states] == [
-        (variant, str(signal)) for variant in VARIANTS for signal in sorted(SOURCED_SIGNALS, key=str)
+        (variant, str(signal)) for variant in VARIANTS for signal in sorted(COMPARED_SIGNALS, key=str)
     ]
     latest_output = {state.variant: state for state in states if state.signal == "output_chars"}
     assert latest_output["b"].alert_active
@@ -285,3 +236,19 @@ async def test_drift_report_reads_latest_and_history(
         ("b", True),
     ]
     assert history[0].evaluated_at <= history[-1].evaluated_at
+
+
+async def test_source_skips_requests_without_embeddings(telemetry_app: Settings, nats_client: NatsClient) -> None:
+    tenant = f"drift-{uuid.uuid4().hex[:8]}"
+    await publish_all(telemetry_app.resolved_nats_url, phase_events(tenant, 0, 20, np.random.default_rng(13), None))
+    source = SignalSource(StoreClient(nats_client), max_samples_per_read=5_000, embedding_samples_per_window=10)
+
+    lengths = await source.reference(tenant, "a", Signal.PROMPT_CHARS, sample_count=20, end=T0 + PHASE)
+    embeddings = await source.reference(tenant, "a", Signal.PROMPT_EMBEDDING, sample_count=1, end=T0 + PHASE)
+    summary = await source.sample(tenant, "a", Signal.PROMPT_EMBEDDING, T0, T0 + PHASE)
+
+    assert lengths is not None
+    assert embeddings is None
+    assert isinstance(summary, EmbeddingSummary)
+    assert summary.count == 0
+    assert len(summary.sample_rows) == 0

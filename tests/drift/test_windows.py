@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from services.drift.embedding_summary import EmbeddingSummary
 from services.drift.windows import DriftWindows, SignalWindow, WindowPair
 from shared.drift_signals import Signal
 
@@ -144,3 +145,58 @@ def test_pair_rejects_different_signals() -> None:
 
     with pytest.raises(ValueError, match="same signal"):
         WindowPair("a", reference, current)
+
+
+def embedding_summary(count: int, first_key: int, limit: int = 4) -> EmbeddingSummary:
+    """Summarize `count` requests whose embeddings are all (1, 0, 0), with keys counting up from `first_key`."""
+    rows = np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (count, 1))
+    keys = np.arange(first_key, first_key + count, dtype=np.uint64)
+    sampled = min(count, limit)
+    return EmbeddingSummary(count, rows.sum(axis=0), keys[:sampled], rows[:sampled], limit)
+
+
+def test_embedding_summaries_fill_window_by_count() -> None:
+    windows = DriftWindows(reference_min_samples=6, window_min_samples=5)
+    windows.add("a", Signal.PROMPT_EMBEDDING, embedding_summary(6, 0), start=at(0), end=at(1))
+    windows.take_ready()
+
+    windows.add("a", Signal.PROMPT_EMBEDDING, embedding_summary(3, 100), start=at(1), end=at(2))
+    assert windows.take_ready() == []
+    windows.add("a", Signal.PROMPT_EMBEDDING, embedding_summary(3, 10), start=at(2), end=at(3))
+    pairs = windows.take_ready()
+
+    current = pairs[0].current
+    assert current.sample_count == 6
+    assert current.values.shape == (4, 3)
+    assert np.allclose(current.centroid, [1.0, 0.0, 0.0])
+    assert current.start == at(1)
+    assert current.end == at(3)
+    assert pairs[0].reference.sample_count == 6
+
+
+def test_embedding_window_rejects_rows_after_summary() -> None:
+    windows = DriftWindows(reference_min_samples=6, window_min_samples=5)
+    windows.add("a", Signal.PROMPT_EMBEDDING, embedding_summary(2, 0), start=at(0), end=at(1))
+
+    with pytest.raises(ValueError, match="either rows or summaries"):
+        windows.add("a", Signal.PROMPT_EMBEDDING, np.zeros((2, 3)), start=at(1), end=at(2))
+
+
+def test_summary_rejected_for_numeric_signal() -> None:
+    windows = DriftWindows(reference_min_samples=6, window_min_samples=5)
+
+    with pytest.raises(ValueError, match="numeric signal"):
+        windows.add("a", Signal.PROMPT_CHARS, embedding_summary(2, 0), start=at(0), end=at(1))
+
+
+def test_sampled_window_counts_every_row() -> None:
+    window = SignalWindow.of_embeddings(Signal.PROMPT_EMBEDDING, at(0), at(1), embedding_summary(10, 0))
+
+    assert window.sample_count == 10
+    assert len(window.values) == 4
+    assert window.bounds.sample_count == 10
+
+
+def test_row_mean_must_match_sample() -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        SignalWindow(Signal.PROMPT_EMBEDDING, at(0), at(1), np.zeros((4, 3)), row_count=10, row_mean=np.zeros(5))
