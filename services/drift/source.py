@@ -1,17 +1,19 @@
-"""Reading each signal's per-request values for a (tenant, variant, time range) from `request_signals`, through the store API.
+"""Reading each signal's per-request values for a (tenant, variant, time range) from `request_signals` and `feedback`, through the store API.
 
 Every SQL string of the drift service's reads lives here. Telemetry
 computes each value when it stores the event (see
 schemas/clickhouse/003_request_signals.sql), from the text that crossed the
 bus, so an output's length is right whatever the policy's storage mode
-keeps of its text. A value comes from the row of one event type, and the
+keeps of its text. A value comes from the row of one event type, or from
+the request's rows in `feedback` for the feedback signals, and the
 request's variant from its `request.assigned` row. Each request gives one
 value per signal, even when a copy of its row escaped deduplication,
 because the queries group by request id.
 
 A signal's time is the time of the event it comes from (the prompt's when
-the request was accepted, the output's when it was delivered), so a request
-whose output arrives after a window closed counts in the next window.
+the request was accepted, the output's when it was delivered, the feedback's
+when it was received), so a request whose output arrives after a window
+closed counts in the next window.
 
 Prompt embeddings (384 float32 values each) are not read one per request.
 ClickHouse counts and sums them, and only a bounded sample of rows crosses
@@ -33,7 +35,7 @@ import numpy as np
 from services.drift.embedding_summary import EmbeddingSummary
 from services.drift.windows import SignalWindow
 from shared.drift_signals import Signal, SignalKind
-from shared.events import EventType
+from shared.events import EventType, FeedbackKind
 from shared.store_client import MAX_PAGE_SIZE, StoreClient
 
 # A request's signal events lie within its deadline of its assignment (300 s
@@ -41,20 +43,38 @@ from shared.store_client import MAX_PAGE_SIZE, StoreClient
 # `request.assigned` events this far before and after the time range, which
 # covers deadlines of up to an hour.
 ASSIGNMENT_SEARCH_MARGIN = timedelta(hours=1)
+# Feedback comes up to the attribution window after its request (30 days by
+# default, `SLUICE_FEEDBACK_ATTRIBUTION_WINDOW_S`), so the feedback signals
+# look for the request's assignment this far before the time range.
+FEEDBACK_ASSIGNMENT_LOOKBACK = timedelta(days=30)
 
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
 class _SignalQuery:
-    """The source of a signal's value: an event type and a ClickHouse expression over that event's `request_signals` row.
+    """The source of a signal's value: a table, the filter that picks a request's rows in it, and a ClickHouse expression over them.
 
-    `condition`, when set, is an extra filter on those rows: a row that fails it gives the request no value.
+    Most signals read one event type's rows of `request_signals`. The
+    feedback signals read the `feedback` table, one row per feedback, and
+    look for the request's assignment as far back as feedback may come.
+    `aggregate` reduces a request's rows to one value.
     """
 
-    event_type: EventType
     value: str
-    condition: str = ""
+    row_filter: str
+    table: str = "request_signals"
+    aggregate: str = "any"
+    assignment_lookback: timedelta = ASSIGNMENT_SEARCH_MARGIN
+
+
+def _event_rows(event_type: EventType, condition: str = "") -> str:
+    """Return the filter of `request_signals` rows of `event_type`; `condition` is an extra ` AND ...` filter on them."""
+    return f"type = '{event_type.value}'{condition}"
+
+
+def _feedback_rows(kind: FeedbackKind) -> str:
+    return f"kind = '{kind.value}'"
 
 
 def _max_score(column: str) -> str:
@@ -63,30 +83,49 @@ def _max_score(column: str) -> str:
 
 
 _SIGNAL_QUERIES: dict[Signal, _SignalQuery] = {
-    Signal.PROMPT_CHARS: _SignalQuery(EventType.ACCEPTED, "prompt_chars"),
-    Signal.OUTPUT_CHARS: _SignalQuery(EventType.DELIVERED, "output_chars"),
-    Signal.SCREENING_SCORE: _SignalQuery(EventType.SCREENED, _max_score("screening_scores")),
-    Signal.MODERATION_SCORE: _SignalQuery(EventType.MODERATED, _max_score("moderation_scores")),
-    Signal.REFUSAL_RATE: _SignalQuery(EventType.MODERATED, "toUInt8(ifNull(refusal, false))"),
+    Signal.PROMPT_CHARS: _SignalQuery("prompt_chars", _event_rows(EventType.ACCEPTED)),
+    Signal.OUTPUT_CHARS: _SignalQuery("output_chars", _event_rows(EventType.DELIVERED)),
+    Signal.SCREENING_SCORE: _SignalQuery(_max_score("screening_scores"), _event_rows(EventType.SCREENED)),
+    Signal.MODERATION_SCORE: _SignalQuery(_max_score("moderation_scores"), _event_rows(EventType.MODERATED)),
+    Signal.REFUSAL_RATE: _SignalQuery("toUInt8(ifNull(refusal, false))", _event_rows(EventType.MODERATED)),
     # NOTE: a prompt blocked at screening never gets a variant, so this rate
     # counts only outputs that moderation blocked.
-    Signal.BLOCK_RATE: _SignalQuery(EventType.MODERATED, "toUInt8(moderation_verdict = 'blocked')"),
-    Signal.PROMPT_EMBEDDING: _SignalQuery(EventType.ACCEPTED, "prompt_embedding", " AND notEmpty(prompt_embedding)"),
+    Signal.BLOCK_RATE: _SignalQuery("toUInt8(moderation_verdict = 'blocked')", _event_rows(EventType.MODERATED)),
+    # The share of thumbs feedback that is a thumbs up, and of conversion
+    # feedback that reports a conversion, each at the feedback's time. A
+    # request with several pieces of feedback of the kind counts once, with
+    # its highest value.
+    Signal.FEEDBACK_RATE: _SignalQuery(
+        "toUInt8(value > 0)",
+        _feedback_rows(FeedbackKind.THUMBS),
+        table="feedback",
+        aggregate="max",
+        assignment_lookback=FEEDBACK_ASSIGNMENT_LOOKBACK,
+    ),
+    Signal.CONVERSION_RATE: _SignalQuery(
+        "toUInt8(value > 0)",
+        _feedback_rows(FeedbackKind.CONVERSION),
+        table="feedback",
+        aggregate="max",
+        assignment_lookback=FEEDBACK_ASSIGNMENT_LOOKBACK,
+    ),
+    Signal.PROMPT_EMBEDDING: _SignalQuery(
+        "prompt_embedding", _event_rows(EventType.ACCEPTED, " AND notEmpty(prompt_embedding)")
+    ),
 }
 
-# The signals the store can supply now. Feedback and conversion have no
-# events yet, so the detector gets no windows for them.
+# Every signal has a source.
 SOURCED_SIGNALS: tuple[Signal, ...] = tuple(_SIGNAL_QUERIES)
 
-# One row per request of the tenant and variant with a `{event_type}` event
-# in the time range, with the signal's value and the event's time. The
+# One row per request of the tenant and variant with a row of the signal in
+# the time range, with the signal's value and the row's time. The
 # `{...}` fields are filled from fixed strings of this module, and every
 # value is bound on the server.
 _PER_REQUEST_VALUES = """
-SELECT request_id, any({value}) AS value, min(ts) AS observed_at
-FROM request_signals
+SELECT request_id, {aggregate}({value}) AS value, min(ts) AS observed_at
+FROM {table}
 WHERE tenant = {{tenant:String}}
-  AND type = '{event_type}'{condition}{time_range}
+  AND {row_filter}{time_range}
   AND request_id IN (
       SELECT request_id
       FROM request_signals
@@ -287,12 +326,13 @@ def _per_request_query(
     parameters["assigned_until"] = _parameter_time(end + ASSIGNMENT_SEARCH_MARGIN)
     assignment_range = _ASSIGNED_UNTIL
     if start is not None:
-        parameters["assigned_after"] = _parameter_time(start - ASSIGNMENT_SEARCH_MARGIN)
+        parameters["assigned_after"] = _parameter_time(start - query.assignment_lookback)
         assignment_range = _ASSIGNED_AFTER + assignment_range
     sql = _PER_REQUEST_VALUES.format(
         value=query.value,
-        event_type=query.event_type.value,
-        condition=query.condition,
+        aggregate=query.aggregate,
+        table=query.table,
+        row_filter=query.row_filter,
         time_range=(_AFTER_START if start is not None else "") + _UNTIL_END,
         assignment_range=assignment_range,
     )

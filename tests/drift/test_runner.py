@@ -32,6 +32,8 @@ from shared.events import (
     DeliveredPayload,
     Envelope,
     EventType,
+    FeedbackKind,
+    FeedbackPayload,
     ModeratedPayload,
     RequestSpec,
     ScannerResult,
@@ -39,6 +41,7 @@ from shared.events import (
     Usage,
     VariantSpec,
     Verdict,
+    derive_event_id,
     new_envelope,
 )
 from shared.settings import Settings
@@ -56,8 +59,15 @@ COMPARED_SIGNALS = tuple(signal for signal in SOURCED_SIGNALS if signal is not S
 SPEC = RequestSpec(messages=[ChatMessage(role="user", content="Speak of the sea.")])
 
 
-def request_events(tenant: str, variant: str, at: datetime, rng: np.random.Generator, output_median_chars: float) -> list[Envelope]:
-    """Build the accepted, screened, assigned, moderated and delivered events of one request, stamped from `at` on."""
+def request_events(
+    tenant: str,
+    variant: str,
+    at: datetime,
+    rng: np.random.Generator,
+    output_median_chars: float,
+    conversion_rate: float = 0.2,
+) -> list[Envelope]:
+    """Build the accepted, screened, assigned, moderated and delivered events of one request, stamped from `at` on, and its feedback."""
     request_id = uuid.uuid4().hex
     output_chars = max(1, int(rng.lognormal(np.log(output_median_chars), 0.5)))
     blocked = bool(rng.random() < 0.02)
@@ -83,11 +93,34 @@ def request_events(tenant: str, variant: str, at: datetime, rng: np.random.Gener
         ),
         (EventType.DELIVERED, DeliveredPayload(text="x" * output_chars, finish_reason="length", chunks=3, usage=Usage())),
     ]
-    return [
+    envelopes = [
         new_envelope(event_type, request_id=request_id, tenant=tenant, payload=payload).model_copy(
             update={"ts": at + timedelta(milliseconds=100 * step)}
         )
         for step, (event_type, payload) in enumerate(payloads)
+    ]
+    return envelopes + feedback_events(envelopes[-1], rng, conversion_rate)
+
+
+def feedback_events(delivered: Envelope, rng: np.random.Generator, conversion_rate: float) -> list[Envelope]:
+    """Build a thumbs (70% up) and a conversion feedback on the delivered request, half a second after delivery."""
+    thumbs = FeedbackPayload(kind=FeedbackKind.THUMBS, value=float(rng.random() < 0.7), idempotency_key="thumbs", channel="http")
+    conversion = FeedbackPayload(
+        kind=FeedbackKind.CONVERSION,
+        value=float(rng.random() < conversion_rate),
+        idempotency_key="conversion",
+        channel="http",
+    )
+    return [
+        Envelope(
+            event_id=derive_event_id(delivered.tenant, delivered.request_id, EventType.FEEDBACK, seq=seq),
+            type=EventType.FEEDBACK,
+            request_id=delivered.request_id,
+            tenant=delivered.tenant,
+            ts=delivered.ts + timedelta(seconds=0.5),
+            payload=payload.model_dump(mode="json"),
+        )
+        for seq, payload in enumerate((thumbs, conversion))
     ]
 
 
@@ -95,17 +128,28 @@ def scan(risk_score: float) -> ScannerResult:
     return ScannerResult(scanner="Toxicity", valid=True, risk_score=float(risk_score), duration_ms=1.0)
 
 
-def phase_events(tenant: str, phase: int, count: int, rng: np.random.Generator, shifted_variant: str | None) -> list[Envelope]:
-    """Build `count` requests per variant, one second apart, in hour `phase` after T0; `shifted_variant` gets short outputs.
+def phase_events(
+    tenant: str,
+    phase: int,
+    count: int,
+    rng: np.random.Generator,
+    shifted_variant: str | None,
+    converting_less_variant: str | None = None,
+) -> list[Envelope]:
+    """Build `count` requests per variant, one second apart, in hour `phase` after T0.
 
-    The first request comes a second after the hour starts, because an evaluation up to the hour reads that instant too.
+    `shifted_variant` gets short outputs, and `converting_less_variant`
+    converts 5% of its requests instead of 20%. The first request comes a
+    second after the hour starts, because an evaluation up to the hour reads
+    that instant too.
     """
     events = []
     for variant in VARIANTS:
         median = 60.0 if variant == shifted_variant else 600.0
+        conversion_rate = 0.05 if variant == converting_less_variant else 0.2
         for index in range(count):
             at = T0 + phase * PHASE + timedelta(seconds=index + 1)
-            events.extend(request_events(tenant, variant, at, rng, median))
+            events.extend(request_events(tenant, variant, at, rng, median, conversion_rate))
     return events
 
 
@@ -199,6 +243,30 @@ async def test_runner_reports_and_alerts_shifted_output(
     assert {row["current_end"] for row in rows} == {(T0 + 2 * PHASE).isoformat(), (T0 + 3 * PHASE).isoformat()}
     active = {(row["variant"], row["signal"]) for row in rows if row["alert_active"]}
     assert active == {("b", "output_chars")}
+
+
+async def test_conversion_drop_alerts_conversion_rate(
+    telemetry_app: Settings,
+    alerts: list[dict],
+    runner_parts: tuple[DriftRunner, DriftMetrics],
+) -> None:
+    runner, _metrics = runner_parts
+    tenant = f"drift-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(14)
+    events = phase_events(tenant, 0, SETTINGS.reference_min_samples, rng, shifted_variant=None)
+    for phase in (1, 2):
+        events += phase_events(tenant, phase, SETTINGS.window_min_samples, rng, None, converting_less_variant="b")
+    await publish_all(telemetry_app.resolved_nats_url, events)
+
+    await runner.evaluate(T0 + PHASE)
+    first = await runner.evaluate(T0 + 2 * PHASE)
+    second = await runner.evaluate(T0 + 3 * PHASE)
+    published = await wait_for_alerts(alerts, tenant)
+
+    fired = {(result.variant, result.signal) for result in first[tenant].results if result.outcome is Outcome.FIRED}
+    assert fired == {("b", Signal.CONVERSION_RATE)}
+    assert [(alert.variant, alert.signal) for alert in second[tenant].alerts] == [("b", Signal.CONVERSION_RATE)]
+    assert [(alert["variant"], alert["signal"]) for alert in published] == [("b", "conversion_rate")]
 
 
 async def test_drift_report_reads_latest_and_history(
