@@ -40,9 +40,9 @@ class EventType(str, enum.Enum):
     SAFETY_EVALUATED = "safety.evaluated"
     # One (variant, signal) comparison of a drift evaluation. Its request_id is the evaluation's id.
     DRIFT_EVALUATED = "drift.evaluated"
-    # A unit's first assignment to an experiment in a session window; its request_id is the request that exposed it.
+    # A unit's first assignment to an experiment in a session window. Its request_id is the request that exposed it.
     EXPOSED = "experiment.exposed"
-    # Feedback on a delivered request (a rating, a thumbs, a conversion or a value); its request_id is that request's.
+    # Feedback on a delivered request (a rating, a thumbs, a conversion or a value). Its request_id is that request's.
     FEEDBACK = "feedback.received"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
@@ -138,7 +138,8 @@ class AssignedPayload(_Model):
     request: RequestSpec
     experiment_key: str | None
     variant: VariantSpec
-    # GrowthBook's hash of the unit in [0, 1); None when no experiment matched.
+    # GrowthBook's hash of the unit in [0, 1), also for a variant read from the sticky store.
+    # None when no experiment matched or the variant was forced.
     hash_value: float | None = None
     # The hashed attribute: "user_id" gives a sticky assignment, "request_id" a per-request one.
     hash_attribute: str
