@@ -24,6 +24,7 @@ from services.cli.drift_report import CHART_SUFFIXES, drift_table, write_chart
 from services.cli.experiment_report import arms_table, metrics_table, summary_lines, write_interval_chart
 from services.cli.feedback import MetadataError, new_idempotency_key, parse_metadata, send_feedback
 from services.cli.keys import keys_app
+from services.cli.model import model_app
 from services.cli.report_charts import check_chart_path, write_series_chart
 from services.cli.report_tables import REPORT_CHARTS, REPORT_MODELS, REPORT_TABLES
 from services.cli.safety_eval import safety_app
@@ -39,6 +40,7 @@ app = typer.Typer(help="Sluice: an LLM serving pipeline. `sluice up` starts it; 
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(safety_app, name="safety")
+app.add_typer(model_app, name="model")
 console = Console()
 errors = Console(stderr=True)
 
