@@ -4,9 +4,12 @@ Each batch comes from the durable pull consumer `telemetry`. A message that
 is not a valid envelope is terminated: JetStream never redelivers it and
 nothing is stored. The valid ones are inserted with one insert into
 `events`, their signal rows with a second one into `request_signals`, and
-each message is acknowledged only after both inserts returned. When the store fails, the batch
-is negatively acknowledged with a delay that doubles on each delivery, so
-JetStream redelivers it later and no message is acked before it is stored.
+each message is acknowledged only after both inserts returned. Before the
+inserts, the signal rows whose request's assignment this process does not
+remember get it from one query of `request_signals` per batch. When the
+store fails, the batch is negatively acknowledged with a delay that doubles
+on each delivery, so JetStream redelivers it later and no message is acked
+before it is stored.
 A message that JetStream delivers again may have been stored before its ack
 was lost, so the store looks its event id up before inserting it.
 
@@ -39,13 +42,16 @@ from services.telemetry.metrics import TelemetryMetrics
 from services.telemetry.prompt_embeddings import PromptEmbedder
 from services.telemetry.puller import delivery_count
 from services.telemetry.rows import EventRow, InvalidEvent, decode_event
-from services.telemetry.signals import Signal, SignalBuilder
+from services.telemetry.signals import Signal, SignalBuilder, SignalRow
 from services.telemetry.store import EventStore
 from services.telemetry.text_storage import TextStorage
 from shared.consuming import log_rejected
 from shared.store_client import StoreError
 
 log = structlog.get_logger(__name__)
+
+# How many request ids the log line of assignments not found lists.
+LOGGED_REQUEST_IDS_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class EventBatchWriter:
             await self._embedder.fill(batch.signals())
         started = time.perf_counter()
         try:
+            await self._fill_assignments(batch)
             inserted = await self._store.insert_new(batch.first_deliveries, redelivered=batch.redeliveries)
         except StoreError as error:
             self._metrics.insert_duration.observe(time.perf_counter() - started)
@@ -134,6 +141,36 @@ class EventBatchWriter:
                 continue
             batch.add(message, row)
         return batch
+
+    async def _fill_assignments(self, batch: _DecodedBatch) -> None:
+        # After the whole batch is decoded, so that its own request.assigned
+        # events are remembered first and need no lookup. A failed lookup
+        # raises StoreError, and the batch is retried like a failed insert,
+        # because a row stored without its assignment would stay that way.
+        # Its redelivered copy would be skipped as already stored.
+        unassigned = self._signals.unassigned(batch.signals())
+        if not unassigned:
+            return
+        self._metrics.assignment_lookups.inc()
+        found = await self._store.stored_assignments(unassigned)
+        # NOTE: a request.assigned that another replica has fetched but not
+        # inserted yet is not found, and neither is one older than the
+        # lookup's bound. Such rows are stored without the assignment.
+        still_unassigned = self._signals.assign(unassigned, found)
+        if still_unassigned:
+            self._log_not_found(still_unassigned)
+
+    def _log_not_found(self, rows: list[SignalRow]) -> None:
+        # Expected for a request that the ingress cancelled before it was
+        # assigned, and so logged at info.
+        self._metrics.assignments_not_found.inc(len(rows))
+        request_ids = sorted({row.request_id for row in rows})
+        log.info(
+            "signal_assignments_not_found",
+            rows=len(rows),
+            requests=len(request_ids),
+            request_ids=request_ids[:LOGGED_REQUEST_IDS_MAX],
+        )
 
     async def _terminate(self, message: Msg, error: InvalidEvent) -> None:
         log_rejected(error, subject=message.subject, stream_sequence=message.metadata.sequence.stream)

@@ -8,6 +8,8 @@ process (as in tests) do not collide in prometheus-client's global registry.
     sluice_telemetry_insert_duration_seconds  histogram: each insert attempt, failed ones included
     sluice_telemetry_insert_retries_total     counter: failed inserts, each batch left for redelivery
     sluice_telemetry_consumer_lag_events      gauge: messages the consumer has not delivered yet
+    sluice_telemetry_assignment_lookups_total counter: queries for assignments the writer does not remember
+    sluice_telemetry_assignments_not_found_total  counter: signal rows whose assignment the lookup did not find
 """
 
 from __future__ import annotations
@@ -53,13 +55,26 @@ class TelemetryMetrics:
         )
         self.insert_duration = Histogram(
             f"{METRIC_PREFIX}_insert_duration_seconds",
-            "Duration of each insert attempt, with the lookup of redelivered event ids; failed attempts included.",
+            "Duration of each insert attempt, with the lookups of redelivered event ids and of assignments not "
+            "remembered; failed attempts included.",
             buckets=INSERT_DURATION_BUCKETS_S,
             registry=self.registry,
         )
         self.insert_retries = Counter(
             f"{METRIC_PREFIX}_insert_retries",
             "Failed inserts; JetStream redelivers each failed batch after the retry delay.",
+            registry=self.registry,
+        )
+        self.assignment_lookups = Counter(
+            f"{METRIC_PREFIX}_assignment_lookups",
+            "Queries of request_signals for the assignments of requests whose request.assigned this process "
+            "does not remember; at most one per batch.",
+            registry=self.registry,
+        )
+        self.assignments_not_found = Counter(
+            f"{METRIC_PREFIX}_assignments_not_found",
+            "Signal rows that follow assignment whose request's assignment neither this process nor "
+            "request_signals had; such rows are stored without it, and a retried batch counts again.",
             registry=self.registry,
         )
         self.consumer_lag = Gauge(

@@ -16,7 +16,7 @@ and decoded into a struct that lists only the fields read here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -24,7 +24,7 @@ import msgspec
 import structlog
 import tiktoken
 
-from services.telemetry.assignments import Assignment, RecentAssignments
+from services.telemetry.assignments import Assignment, RecentAssignments, RequestKey, follows_assignment
 from shared.events import EventType
 
 log = structlog.get_logger(__name__)
@@ -121,6 +121,10 @@ class Signal(NamedTuple):
 class SignalBuilder:
     """Computes the signal row of each event, remembering assignments to copy them onto later rows.
 
+    `build` copies the assignment when it is remembered already. For the
+    rows still without one, `unassigned` and `assign` are the batch's second
+    pass. `unassigned` copies the assignments of request.assigned events
+    later in the batch, and `assign` copies those that the caller looked up.
     Loads the token encoding when built (about 0.1 s). Not thread-safe:
     one batch writer uses it.
     """
@@ -151,22 +155,38 @@ class SignalBuilder:
         row = SignalRow(
             event_id=event.event_id, type=event.type.value, request_id=event.request_id, tenant=event.tenant, ts=event.ts
         )
-        self._copy_assignment(row)
         try:
-            return builder(row, event)
+            signal = builder(row, event)
         except msgspec.ValidationError as error:
             log.warning("signal_row_skipped", event_id=event.event_id, event_type=event.type.value, error=str(error))
             return None
+        if follows_assignment(row.type, row.stage):
+            self._copy_remembered(row)
+        return signal
 
-    def _copy_assignment(self, row: SignalRow) -> None:
-        # NOTE: after a restart, or with several telemetry replicas on one
-        # consumer, this process may not have seen the request's
-        # request.assigned. The row then keeps the variant its own payload
-        # names (completed only) and model '', and rollups count it there.
-        # Missing assignments are not looked up in request_signals.
+    def unassigned(self, signals: Iterable[Signal]) -> list[SignalRow]:
+        """Copy remembered assignments onto the rows that follow assignment; return the rows still without one.
+
+        Call it after every event of the batch is built, so that a row built
+        before its request's request.assigned in the same batch gets the
+        assignment too.
+        """
+        rows = [signal.row for signal in signals if follows_assignment(signal.row.type, signal.row.stage)]
+        return [row for row in rows if not self._copy_remembered(row)]
+
+    def assign(self, rows: Iterable[SignalRow], found: Mapping[RequestKey, Assignment]) -> list[SignalRow]:
+        """Remember the `found` assignments and copy them onto `rows`; return the rows still without one."""
+        for key, assignment in found.items():
+            self._assignments.add(key, assignment)
+        return [row for row in rows if not self._copy_remembered(row)]
+
+    def _copy_remembered(self, row: SignalRow) -> bool:
+        # Returns whether the request's assignment was remembered.
         assignment = self._assignments.get((row.tenant, row.request_id))
-        if assignment is not None:
-            row.experiment, row.variant, row.model, row.backend = assignment
+        if assignment is None:
+            return False
+        _copy_assignment(row, assignment)
+        return True
 
     def _accepted(self, row: SignalRow, event: SignalEvent) -> Signal:
         request = _decoded(event.payload, _Accepted).request
@@ -185,6 +205,16 @@ class SignalBuilder:
         self._assignments.add((row.tenant, row.request_id), assignment)
         row.experiment, row.variant, row.model, row.backend = assignment
         return Signal(row)
+
+
+def _copy_assignment(row: SignalRow, assignment: Assignment) -> None:
+    # Fill only the columns that the row's own payload left empty.
+    # generation.completed names the variant and backend that generated
+    # it, and failed and cancelled rows name the backend in their stats.
+    row.experiment = row.experiment or assignment.experiment
+    row.variant = row.variant or assignment.variant
+    row.model = row.model or assignment.model
+    row.backend = row.backend or assignment.backend
 
 
 def _screened(row: SignalRow, event: SignalEvent) -> Signal:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -52,10 +52,12 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import Error as ClickHouseDriverError
 
+from services.telemetry.assignments import Assignment, RequestKey
 from services.telemetry.migrations import Migration, apply_migrations
 from services.telemetry.recent_ids import EventKey, RecentIds
 from services.telemetry.rows import EVENT_COLUMNS, MIN_STORED_TIMESTAMP, EventRow
-from services.telemetry.signals import SIGNAL_COLUMNS
+from services.telemetry.signals import SIGNAL_COLUMNS, SignalRow
+from shared.events import EventType
 from shared.store_client import StoreQueryError, StoreUnavailable
 
 T = TypeVar("T")
@@ -70,6 +72,14 @@ _TZ_MODE = "aware"
 # within the request deadline, so one day covers both. The tenant and time
 # bounds let ClickHouse skip older parts and granules through the sorting key.
 _DUPLICATE_LOOKBACK = timedelta(days=1)
+
+# Look for the request.assigned rows of requests from this long before the
+# earliest row that needs one. A request's later events come within its
+# timeout after its assignment (SLUICE_REQUEST_TIMEOUT_S, 300 s by default),
+# so six hours also cover much longer timeouts and clock skew between hosts.
+# With the hour second in the sorting key, ClickHouse then reads about seven
+# hours of the tenants' rows rather than every partition.
+_ASSIGNMENT_LOOKBACK = timedelta(hours=6)
 
 # How many of its last inserted events a store remembers, to skip copies
 # without a lookup: about 25 MB of Python objects. At a thousand events per
@@ -103,6 +113,21 @@ _STORED_IDS_SQL = {
     table: f"SELECT DISTINCT tenant, event_id FROM {table}{_STORED_IDS_CONDITION}"
     for table in (_EVENTS_TABLE, _SIGNALS_TABLE)
 }
+
+# The request.assigned rows of `request_ids`, one per request. An
+# assignment's copies (a redelivered event inserted twice before a merge)
+# are the same event, and the last inserted is the one that
+# ReplacingMergeTree keeps.
+_STORED_ASSIGNMENTS_SQL = """
+SELECT tenant, request_id, experiment, variant, model, backend
+FROM request_signals
+WHERE tenant IN {tenants:Array(String)}
+  AND ts >= {earliest:DateTime64(6, 'UTC')}
+  AND request_id IN {request_ids:Array(String)}
+  AND type = {assigned_type:String}
+ORDER BY inserted_at DESC
+LIMIT 1 BY tenant, request_id
+"""
 
 
 class EventStore:
@@ -167,6 +192,18 @@ class EventStore:
         self._recent_signal_ids.add_all(signals)
         return len(events)
 
+    async def stored_assignments(self, rows: Sequence[SignalRow]) -> dict[RequestKey, Assignment]:
+        """Look up the stored request.assigned rows of the rows' requests in one query; return the assignments found.
+
+        Only assignments from `_ASSIGNMENT_LOOKBACK` before the earliest row
+        onward are found. The query runs on the writer's thread, after this
+        store's earlier inserts. Raises `StoreUnavailable` when it fails.
+        """
+        if not rows:
+            return {}
+        with _unavailable_on_error("look up stored assignments"):
+            return await self._call(self._writer_thread, self._stored_assignments, rows)
+
     async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run `sql` on the read-only client; return column names and rows.
 
@@ -229,6 +266,21 @@ class EventStore:
         }
         result = self._writer.query(_STORED_IDS_SQL[table], parameters=parameters)
         return {(tenant, event_id) for tenant, event_id in result.result_rows}
+
+    def _stored_assignments(self, rows: Sequence[SignalRow]) -> dict[RequestKey, Assignment]:
+        keys = {(row.tenant, row.request_id) for row in rows}
+        earliest = max(min(row.ts for row in rows) - _ASSIGNMENT_LOOKBACK, MIN_STORED_TIMESTAMP)
+        parameters = {
+            "tenants": sorted({tenant for tenant, _ in keys}),
+            "earliest": earliest,
+            "request_ids": sorted({request_id for _, request_id in keys}),
+            "assigned_type": EventType.ASSIGNED.value,
+        }
+        result = self._writer.query(_STORED_ASSIGNMENTS_SQL, parameters=parameters)
+        # The query matches every pairing of the tenants and request ids, so
+        # a request id that another tenant also uses is filtered out here.
+        found = {(tenant, request_id): Assignment(*values) for tenant, request_id, *values in result.result_rows}
+        return {key: assignment for key, assignment in found.items() if key in keys}
 
 
 def _reader_settings(query_max_execution_time_s: int) -> dict[str, Any]:
