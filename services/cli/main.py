@@ -29,6 +29,7 @@ from services.cli.report_charts import check_chart_path, write_series_chart
 from services.cli.report_tables import REPORT_CHARTS, REPORT_MODELS, REPORT_TABLES
 from services.cli.safety_eval import safety_app
 from services.cli.tables import summary_table
+from services.cli.tco import tco
 from shared.drift_reports import DriftPoint, DriftState
 from shared.embedded.stack import SUPERVISE_INTERVAL_S, EmbeddedStack, StackError
 from shared.events import FeedbackKind
@@ -41,6 +42,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(safety_app, name="safety")
 app.add_typer(model_app, name="model")
+app.command("tco")(tco)
 console = Console()
 errors = Console(stderr=True)
 
