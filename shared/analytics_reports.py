@@ -237,9 +237,12 @@ async def cost_report(store: StoreClient, filters: ReportFilters, prices: PriceT
 
 
 class ScannerRow(BaseModel):
-    """How often one scanner of a stage ran and blocked in one bucket, and its risk scores (0.0 to 1.0).
+    """How often one scanner of a stage ran, blocked, flagged and redacted in one bucket, and its risk scores (0 to 1).
 
     `blocks` counts the rows where this scanner was the first to block.
+    `flags` counts the rows where it found the text invalid and its policy
+    entry only records that, and `redactions` the rows where it found the
+    text valid but replaced parts of it, such as personal data.
     """
 
     bucket_start: datetime
@@ -247,17 +250,25 @@ class ScannerRow(BaseModel):
     scanner: str
     runs: int
     blocks: int
+    flags: int
+    redactions: int
     mean_risk_score: float
     max_risk_score: float
 
 
 class StageRow(BaseModel):
-    """Screened prompts or moderated outputs in one bucket: checked, blocked, and read as refusals (moderation only)."""
+    """Screened prompts or moderated outputs in one bucket: checked, blocked, flagged, redacted, and read as refusals.
+
+    `flagged` and `redacted` count the texts where at least one scanner
+    flagged or redacted. Only moderation rows have refusals.
+    """
 
     bucket_start: datetime
     stage: str
     checked: int
     blocked: int
+    flagged: int
+    redacted: int
     refusals: int
 
 
@@ -276,7 +287,7 @@ class SafetyReport(ReportBase):
 _SAFETY_TYPES = "('request.screened', 'output.moderated')"
 _SAFETY_COLUMNS = (
     "request_id, variant, screening_scores, screening_verdict, screening_blocked_by, "
-    "moderation_scores, moderation_verdict, moderation_blocked_by, refusal"
+    "screening_actions, moderation_scores, moderation_verdict, moderation_blocked_by, moderation_actions, refusal"
 )
 # Screening rows have variant ''. They count for a variant when request.assigned gave their request that variant.
 _SAFETY_VARIANT = """ AND ({variant:String} = ''
@@ -286,12 +297,16 @@ _SAFETY_VARIANT = """ AND ({variant:String} = ''
                 WHERE tenant = {tenant:String} AND type = 'request.assigned' AND variant = {variant:String}
             )))"""
 _STAGE = "if(type = 'request.screened', 'screening', 'moderation') AS stage"
+# The row's scanner -> action map, in which scanners that took no action are missing (read as '').
+_ACTIONS = "if(type = 'request.screened', screening_actions, moderation_actions)"
 
 _STAGES_SQL = """
 SELECT
     {bucket}, {stage},
     count() AS checked,
     countIf(if(type = 'request.screened', screening_verdict, moderation_verdict) = 'blocked') AS blocked,
+    countIf(has(mapValues({actions}), 'flag')) AS flagged,
+    countIf(has(mapValues({actions}), 'redact')) AS redacted,
     countIf(ifNull(refusal, false)) AS refusals
 FROM {signals}
 GROUP BY bucket_start, stage
@@ -304,6 +319,8 @@ SELECT
     scanner_score.1 AS scanner,
     count() AS runs,
     countIf(scanner_score.1 = if(type = 'request.screened', screening_blocked_by, moderation_blocked_by)) AS blocks,
+    countIf({actions}[scanner_score.1] = 'flag') AS flags,
+    countIf({actions}[scanner_score.1] = 'redact') AS redactions,
     avg(scanner_score.2) AS mean_risk_score,
     max(scanner_score.2) AS max_risk_score
 FROM {signals}
@@ -318,26 +335,34 @@ ORDER BY bucket_start, stage, scanner
 
 
 async def safety_report(store: StoreClient, filters: ReportFilters) -> SafetyReport:
-    """Return per bucket the prompts screened and outputs moderated, and each scanner's runs and blocks.
+    """Return per bucket the prompts screened and outputs moderated, and each scanner's runs and actions.
 
-    NOTE: the signal rows carry each scanner's risk score but not its
-    pass/fail flag or any redaction, so only blocks are counted per scanner.
+    NOTE: events written before scanner results carried their action count
+    no flags and no redactions. Moderation counts a redaction only where
+    the final check of the whole output found the personal data still in
+    the text. Output that moderation redacted while it streamed, and every
+    output `Secrets` entry with action `redact`, count none.
     """
     check_filters(filters)
     signals = _signals(_SAFETY_COLUMNS, _SAFETY_TYPES, filters, _SAFETY_VARIANT)
     parameters = filters.parameters()
-    stage_rows = await store.query_all(_STAGES_SQL.format(bucket=_BUCKET, stage=_STAGE, signals=signals), parameters)
-    scanner_rows = await store.query_all(_SCANNERS_SQL.format(bucket=_BUCKET, stage=_STAGE, signals=signals), parameters)
+    stages_sql = _STAGES_SQL.format(bucket=_BUCKET, stage=_STAGE, actions=_ACTIONS, signals=signals)
+    scanners_sql = _SCANNERS_SQL.format(bucket=_BUCKET, stage=_STAGE, actions=_ACTIONS, signals=signals)
+    stage_rows = await store.query_all(stages_sql, parameters)
+    scanner_rows = await store.query_all(scanners_sql, parameters)
     stages = [
-        StageRow(bucket_start=_utc(start), stage=stage, checked=checked, blocked=blocked, refusals=refusals)
-        for start, stage, checked, blocked, refusals in stage_rows
+        StageRow(
+            bucket_start=_utc(start), stage=stage, checked=checked, blocked=blocked, flagged=flagged,
+            redacted=redacted, refusals=refusals,
+        )
+        for start, stage, checked, blocked, flagged, redacted, refusals in stage_rows
     ]
     scanners = [
         ScannerRow(
-            bucket_start=_utc(start), stage=stage, scanner=scanner, runs=runs, blocks=blocks,
-            mean_risk_score=mean_score, max_risk_score=max_score,
+            bucket_start=_utc(start), stage=stage, scanner=scanner, runs=runs, blocks=blocks, flags=flags,
+            redactions=redactions, mean_risk_score=mean_score, max_risk_score=max_score,
         )
-        for start, stage, scanner, runs, blocks, mean_score, max_score in scanner_rows
+        for start, stage, scanner, runs, blocks, flags, redactions, mean_score, max_score in scanner_rows
     ]
     return SafetyReport(**_base(filters), stages=stages, scanners=scanners)
 

@@ -44,6 +44,8 @@ class EventType(str, enum.Enum):
     EXPOSED = "experiment.exposed"
     # Feedback on a delivered request (a rating, a thumbs, a conversion or a value). Its request_id is that request's.
     FEEDBACK = "feedback.received"
+    # One `sluice model eval` run of a model version on a held-out set. Its request_id is the run's id.
+    MODEL_EVALUATED = "model.evaluated"
     # Chunk messages ride the CHUNKS stream, not EVENTS: telemetry does not store them.
     CHUNK = "generation.chunk"
     END = "generation.end"
@@ -83,6 +85,10 @@ class RequestSpec(_Model):
     model: str | None = None
 
 
+# What a scanner's policy entry did with a text (see `ScannerResult.action`).
+ScannerAction = Literal["block", "flag", "redact"]
+
+
 class ScannerResult(_Model):
     """One scanner's verdict. `risk_score` runs from 0.0 (no risk) to 1.0, as in llm-guard."""
 
@@ -90,6 +96,11 @@ class ScannerResult(_Model):
     valid: bool
     risk_score: float
     duration_ms: float
+    # What the scanner's policy entry did with this text: "block" or "flag"
+    # (the entry's action) when it found the text invalid, "redact" when it
+    # found the text valid but replaced parts of it, such as personal data.
+    # None when it did neither, and in events written before this field.
+    action: ScannerAction | None = None
 
 
 class Verdict(str, enum.Enum):
@@ -376,6 +387,47 @@ class FeedbackPayload(_Model):
     channel: Literal["http", "nats"]
 
 
+class ModelEvaluatedPayload(_Model):
+    """The figures of one model version on one held-out set, from a `sluice model eval` run.
+
+    Telemetry stores it, and a materialized view copies it into the
+    `model_evals` table, so runs of a version compare over time. A rate is
+    a fraction of `examples` in [0, 1].
+    """
+
+    # The name the run was given (`--model-version`), by default the registry name or folder name.
+    model_version: str
+    # The base model's folder name or hub id.
+    base: str
+    # The LoRA adapter folder's name, or None for the base model alone.
+    adapter: str | None = None
+    # The quantization scheme ("int8", "int4", "awq", "gptq"), or None for full precision.
+    quantization: str | None = None
+    # The held-out file's name without ".jsonl", and the SHA-256 hex digest of its bytes.
+    dataset: str
+    dataset_sha256: str
+    examples: int = Field(ge=1)
+    # exp of the mean negative log-likelihood per completion token, given the prompt.
+    perplexity: float
+    completion_tokens: int = Field(ge=1)
+    # The task metric's name, such as "exact_match", and the fraction of examples that met it.
+    metric: str
+    accuracy: float = Field(ge=0.0, le=1.0)
+    # Output scanners of the policy that ran over each generated output, in chain order.
+    scanners: list[str]
+    # Outputs that a blocking scanner stopped, and outputs that only a flagging scanner marked.
+    blocked_rate: float = Field(ge=0.0, le=1.0)
+    flagged_rate: float = Field(ge=0.0, le=1.0)
+    # Per scanner: the fraction of outputs it found invalid, whatever its action.
+    scanner_rates: dict[str, float] = Field(default_factory=dict)
+    # Greedy decoding of at most `max_new_tokens` per example; latency is per generation.
+    max_new_tokens: int = Field(ge=1)
+    seed: int
+    generated_tokens: int = Field(ge=0)
+    latency: LatencyPercentiles
+    tokens_per_s: float
+
+
 PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.ACCEPTED: AcceptedPayload,
     EventType.SCREENED: ScreenedPayload,
@@ -391,6 +443,7 @@ PAYLOAD_MODELS: dict[EventType, type[_Model]] = {
     EventType.DRIFT_EVALUATED: DriftEvaluatedPayload,
     EventType.EXPOSED: ExposedPayload,
     EventType.FEEDBACK: FeedbackPayload,
+    EventType.MODEL_EVALUATED: ModelEvaluatedPayload,
     EventType.CHUNK: ChunkPayload,
     EventType.END: EndPayload,
 }

@@ -89,18 +89,29 @@ def cost_table(report: CostReport) -> Table:
 
 
 def safety_tables(report: SafetyReport) -> Group:
-    """Build a table of checks and blocks per stage, and one of runs, blocks and risk scores per scanner."""
-    stages = _table("prompts screened and outputs moderated", ["bucket (UTC)", "stage", "checked", "blocked", "refusals"], 2)
+    """Build tables of actions per stage, refusals, each stage's actions per scanner and risk scores per scanner.
+
+    Five tables rather than two, so each fits an 80-column terminal.
+    """
+    stages = _table("actions per stage", ["bucket (UTC)", "stage", "checked", "blocked", "flagged", "redacted"], 2)
     for stage in report.stages:
-        refusals = str(stage.refusals) if stage.stage == "moderation" else "-"
-        stages.add_row(_time(stage.bucket_start), stage.stage, str(stage.checked), str(stage.blocked), refusals)
-    scanners = _table("actions by scanner", ["bucket (UTC)", "stage", "scanner", "runs", "blocks", "mean risk", "max risk"])
-    for row in report.scanners:
-        scanners.add_row(
-            _time(row.bucket_start), row.stage, Text(row.scanner), str(row.runs), str(row.blocks),
-            f"{row.mean_risk_score:.3f}", f"{row.max_risk_score:.3f}",
+        stages.add_row(
+            _time(stage.bucket_start), stage.stage, str(stage.checked), str(stage.blocked), str(stage.flagged),
+            str(stage.redacted),
         )
-    return Group(stages, scanners)
+    refusals = _table("outputs read as refusals", ["bucket (UTC)", "moderated", "refusals"], 1)
+    for stage in report.stages:
+        if stage.stage == "moderation":
+            refusals.add_row(_time(stage.bucket_start), str(stage.checked), str(stage.refusals))
+    action_columns = ["bucket (UTC)", "scanner", "runs", "blocks", "flags", "redactions"]
+    actions = {stage: _table(f"{stage} actions by scanner", action_columns, 2) for stage in ("screening", "moderation")}
+    risks = _table("risk scores by scanner", ["bucket (UTC)", "stage", "scanner", "mean risk", "max risk"])
+    for row in report.scanners:
+        start = _time(row.bucket_start)
+        counts = [str(row.runs), str(row.blocks), str(row.flags), str(row.redactions)]
+        actions[row.stage].add_row(start, Text(row.scanner), *counts)
+        risks.add_row(start, row.stage, Text(row.scanner), f"{row.mean_risk_score:.3f}", f"{row.max_risk_score:.3f}")
+    return Group(stages, refusals, *actions.values(), risks)
 
 
 def errors_table(report: ErrorsReport) -> Table:

@@ -306,6 +306,9 @@ class Moderator:
         self._log_verdict(stream, verdict)
         final = {"status": "completed", "finish_reason": end.finish_reason, "usage": end.usage.model_dump()}
         refusal = _scanners_of(stream).is_refusal(verdict)
+        # NOTE: a scanner result carries action "redact" only for data that the
+        # full check found still raw in the held tail. The redactions made while
+        # the output streamed (`stream.redacted_count`) are not named per scanner.
         moderated = ModeratedPayload(verdict=Verdict.PASSED, scanners=list(verdict.results), refusal=refusal)
         return Closing(
             final=final,

@@ -1,9 +1,9 @@
 """Computing the `request_signals` row of an event when telemetry stores it.
 
 A signal row contains the numbers that reports and drift detection read:
-prompt and output length, screening and moderation scores, the refusal
-flag, latency components and the variant (the columns are described in
-`schemas/clickhouse/003_request_signals.sql`). Computing them at write time
+prompt and output length, screening and moderation scores and actions, the
+refusal flag, latency components and the variant (the columns are described
+in `schemas/clickhouse/003_request_signals.sql` and the migrations after it). Computing them at write time
 makes those queries plain SQL over typed columns. Only the event types in
 `SignalBuilder._builders` produce a row. The others, such as
 generation.first_token (whose TTFT generation.completed also carries),
@@ -66,9 +66,11 @@ class SignalRow(msgspec.Struct, kw_only=True, omit_defaults=True):
     screening_scores: dict[str, float] = {}
     screening_verdict: str = ""
     screening_blocked_by: str = ""
+    screening_actions: dict[str, str] = {}
     moderation_scores: dict[str, float] = {}
     moderation_verdict: str = ""
     moderation_blocked_by: str = ""
+    moderation_actions: dict[str, str] = {}
     refusal: bool | None = None
     queue_ms: float | None = None
     ttft_ms: float | None = None
@@ -222,6 +224,7 @@ def _screened(row: SignalRow, event: SignalEvent) -> Signal:
     row.screening_scores = _scores(payload.scanners)
     row.screening_verdict = payload.verdict
     row.screening_blocked_by = payload.blocked_by or ""
+    row.screening_actions = _actions(payload.scanners)
     return Signal(row)
 
 
@@ -230,6 +233,7 @@ def _moderated(row: SignalRow, event: SignalEvent) -> Signal:
     row.moderation_scores = _scores(payload.scanners)
     row.moderation_verdict = payload.verdict
     row.moderation_blocked_by = payload.blocked_by or ""
+    row.moderation_actions = _actions(payload.scanners)
     row.refusal = payload.refusal
     return Signal(row)
 
@@ -298,6 +302,12 @@ def _scores(scanners: list[_ScannerScore]) -> dict[str, float]:
     return {result.scanner: result.risk_score for result in scanners}
 
 
+def _actions(scanners: list[_ScannerScore]) -> dict[str, str]:
+    # Scanners that passed the text unchanged have no action, and neither
+    # has any scanner in an event written before `ScannerResult.action`.
+    return {result.scanner: result.action for result in scanners if result.action is not None}
+
+
 def _stored_prompt(contents: list[str], event: SignalEvent) -> str:
     # The stored message contents, one per line. With the storage mode
     # "raw" the stored payload is the published one, so `contents` are
@@ -339,6 +349,7 @@ class _Accepted(msgspec.Struct):
 class _ScannerScore(msgspec.Struct):
     scanner: str
     risk_score: float
+    action: str | None = None
 
 
 class _Verdicts(msgspec.Struct, kw_only=True):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from shared.events import ScannerResult
+from shared.events import ScannerAction, ScannerResult
 from shared.scanning.errors import ScannerFailed
 from shared.scanning.partial_match import TailStart
 from shared.scanning.policy import Action
@@ -157,8 +157,17 @@ def _run_scanner(scanner: PolicyScanner, text: str) -> tuple[str, ScannerResult]
         # llm-guard reports "no risk" as -1.0 or a negative score; events carry 0.0 to 1.0.
         risk_score=min(1.0, max(0.0, float(risk_score))),
         duration_ms=_elapsed_ms(started),
+        action=_action_taken(scanner, bool(valid), redacted=sanitized != text),
     )
     return sanitized, result
+
+
+def _action_taken(scanner: PolicyScanner, valid: bool, *, redacted: bool) -> ScannerAction | None:
+    # An invalid verdict takes the entry's action even when the scanner also
+    # redacted, because blocking or flagging is what the report counts then.
+    if not valid:
+        return scanner.action
+    return "redact" if redacted else None
 
 
 def _elapsed_ms(started: float) -> float:

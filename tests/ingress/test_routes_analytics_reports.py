@@ -139,6 +139,13 @@ async def test_safety_report_over_http(http: httpx.AsyncClient, api_keys: ApiKey
     assert stages["screening"]["checked"] == len(known_requests())
     assert stages["screening"]["blocked"] == 2
     assert stages["moderation"]["blocked"] == 1
+    requests = known_requests()
+    assert stages["screening"]["flagged"] == sum("flag" in spec.screening_actions.values() for spec in requests)
+    assert stages["screening"]["redacted"] == sum("redact" in spec.screening_actions.values() for spec in requests)
+    assert stages["moderation"]["flagged"] == sum("flag" in spec.moderation_actions.values() for spec in requests)
+    assert stages["moderation"]["redacted"] == sum("redact" in spec.moderation_actions.values() for spec in requests)
+    scanners = {(row["stage"], row["scanner"]): row for row in response.json()["scanners"]}
+    assert scanners[("screening", "PII")]["redactions"] == 2
 
 
 @pytest.mark.clickhouse
@@ -170,6 +177,19 @@ async def test_cli_errors_lists_causes(ingress: str, api_keys: ApiKeys, store_ap
     assert "backend_timeout" in result.output
     assert "client_request" in result.output
     assert "client_disconnected" not in result.output
+
+
+@pytest.mark.clickhouse
+async def test_cli_safety_actions_by_scanner(ingress: str, api_keys: ApiKeys, store_api: None) -> None:
+    arguments = ["report", "safety", "--bucket", "1d", "--since", RANGE["since"], "--until", RANGE["until"]]
+
+    result = await asyncio.to_thread(_run_cli, ingress, api_keys.acme, arguments)
+
+    assert result.exit_code == 0, result.output
+    screening = result.output[result.output.index("screening actions by scanner") : result.output.index("moderation actions")]
+    # The PII row: runs, blocks, flags and redactions, as c3 and t1 of the known requests give them.
+    pii_rows = [line.split("│") for line in screening.splitlines() if "│ PII " in line]
+    assert [[cell.strip() for cell in row[2:7]] for row in pii_rows] == [["PII", "2", "0", "0", "2"]]
 
 
 async def test_cli_rejects_png_chart(ingress: str, api_keys: ApiKeys, tmp_path: Path) -> None:

@@ -297,6 +297,7 @@ async def test_refusal_flagged_not_blocked(moderator: Moderator, jetstream: JetS
     assert moderated.verdict is Verdict.PASSED
     assert moderated.refusal is True
     assert [result.scanner for result in moderated.scanners if not result.valid] == ["NoRefusalLight"]
+    assert [(result.scanner, result.action) for result in moderated.scanners if result.action] == [("NoRefusalLight", "flag")]
     final = await final_entry(release_log, request_id)
     assert final is not None
     assert final["status"] == "completed"
@@ -430,3 +431,6 @@ async def test_tenant_override_applies_to_its_streams(
     assert await _released_text_of(release_log, TENANT, other_request) == "".join(output)
     delivered = (await events_of(jetstream, redacting_request))[EventType.DELIVERED][0].parsed_payload()
     assert delivered.text == "Write to [EMAIL] for the report."
+    # The output is shorter than the holdback, so the final check still finds the raw address and records a redaction.
+    moderated = (await events_of(jetstream, redacting_request))[EventType.MODERATED][0].parsed_payload()
+    assert [(result.scanner, result.action) for result in moderated.scanners if result.action] == [("PII", "redact")]

@@ -179,10 +179,22 @@ async def test_safety_counts_per_stage(traffic: Traffic) -> None:
         bucket_start = traffic.start + timedelta(hours=bucket)
         screening_blocked = sum(spec.screening_blocked_by is not None for spec in specs)
         moderation_blocked = sum(spec.moderation_blocked_by is not None for spec in moderated)
+        screening_flagged = sum("flag" in spec.screening_actions.values() for spec in specs)
+        moderation_flagged = sum("flag" in spec.moderation_actions.values() for spec in moderated)
+        screening_redacted = sum("redact" in spec.screening_actions.values() for spec in specs)
+        moderation_redacted = sum("redact" in spec.moderation_actions.values() for spec in moderated)
         refusals = sum(spec.refusal for spec in moderated)
-        expected.append((bucket_start, "moderation", len(moderated), moderation_blocked, refusals))
-        expected.append((bucket_start, "screening", len(specs), screening_blocked, 0))
-    assert [(r.bucket_start, r.stage, r.checked, r.blocked, r.refusals) for r in report.stages] == expected
+        expected.append(
+            (bucket_start, "moderation", len(moderated), moderation_blocked, moderation_flagged, moderation_redacted, refusals)
+        )
+        expected.append((bucket_start, "screening", len(specs), screening_blocked, screening_flagged, screening_redacted, 0))
+    reported = [(r.bucket_start, r.stage, r.checked, r.blocked, r.flagged, r.redacted, r.refusals) for r in report.stages]
+    assert reported == expected
+    # The known requests flag and redact in both stages, so none of these totals is zero.
+    assert sum(row.flagged for row in report.stages if row.stage == "screening") == 1
+    assert sum(row.redacted for row in report.stages if row.stage == "screening") == 2
+    assert sum(row.flagged for row in report.stages if row.stage == "moderation") == 1
+    assert sum(row.redacted for row in report.stages if row.stage == "moderation") == 1
 
 
 async def test_safety_counts_per_scanner(traffic: Traffic) -> None:
@@ -190,22 +202,32 @@ async def test_safety_counts_per_scanner(traffic: Traffic) -> None:
 
     scores: dict[tuple, list[float]] = defaultdict(list)
     blocks: dict[tuple, int] = defaultdict(int)
+    flags: dict[tuple, int] = defaultdict(int)
+    redactions: dict[tuple, int] = defaultdict(int)
     for spec in traffic.requests:
         bucket_start = traffic.bucket_start(spec)
-        stages = [("screening", spec.screening_scores, spec.screening_blocked_by)]
+        stages = [("screening", spec.screening_scores, spec.screening_blocked_by, spec.screening_actions)]
         if spec.outcome == "completed":
-            stages.append(("moderation", spec.moderation_scores, spec.moderation_blocked_by))
-        for stage, stage_scores, blocked_by in stages:
+            stages.append(("moderation", spec.moderation_scores, spec.moderation_blocked_by, spec.moderation_actions))
+        for stage, stage_scores, blocked_by, actions in stages:
             for scanner, score in stage_scores.items():
-                scores[(bucket_start, stage, scanner)].append(score)
-                blocks[(bucket_start, stage, scanner)] += scanner == blocked_by
+                key = (bucket_start, stage, scanner)
+                scores[key].append(score)
+                blocks[key] += scanner == blocked_by
+                flags[key] += actions.get(scanner) == "flag"
+                redactions[key] += actions.get(scanner) == "redact"
     keys = sorted(scores)
     assert [(row.bucket_start, row.stage, row.scanner) for row in report.scanners] == keys
     for row, key in zip(report.scanners, keys):
         assert row.runs == len(scores[key])
         assert row.blocks == blocks[key]
+        assert row.flags == flags[key]
+        assert row.redactions == redactions[key]
         assert row.mean_risk_score == pytest.approx(float(np.mean(scores[key])))
         assert row.max_risk_score == pytest.approx(max(scores[key]))
+    # c3 and t1 had PII redacted at screening, and b2's second blocking scanner counts no block.
+    assert sum(row.redactions for row in report.scanners if (row.stage, row.scanner) == ("screening", "PII")) == 2
+    assert sum(row.blocks for row in report.scanners if (row.stage, row.scanner) == ("screening", "PromptInjection")) == 1
 
 
 async def test_safety_variant_filter_keeps_assigned_screening(traffic: Traffic) -> None:

@@ -17,6 +17,7 @@ from shared.events import (
     GenerationStats,
     ModeratedPayload,
     RequestSpec,
+    ScannerAction,
     ScannerResult,
     ScreenedPayload,
     Usage,
@@ -50,8 +51,11 @@ class RequestSpecification:
     cancel_reason: str = ""
     screening_scores: dict[str, float] = field(default_factory=lambda: {"PromptInjection": 0.125, "Toxicity": 0.25})
     screening_blocked_by: str | None = None
+    # The actions of scanners other than the blocking one, which takes "block" by itself.
+    screening_actions: dict[str, ScannerAction] = field(default_factory=dict)
     moderation_scores: dict[str, float] = field(default_factory=lambda: {"Toxicity": 0.5, "NoRefusalLight": 0.0})
     moderation_blocked_by: str | None = None
+    moderation_actions: dict[str, ScannerAction] = field(default_factory=dict)
     refusal: bool = False
 
     @property
@@ -68,17 +72,28 @@ def _completed(rid: str, bucket: int, minute: int, variant: tuple[str, str], ttf
 
 
 def known_requests() -> list[RequestSpecification]:
-    """Return two hours of traffic of two variants (two models): completed, failed, cancelled and blocked requests."""
+    """Return two hours of traffic of two variants (two models): completed, failed, cancelled and blocked requests.
+
+    Some screening and moderation scanners flag or redact, and one blocked prompt has a second blocking scanner.
+    """
     return [
         _completed("c1", 0, 5, CONTROL, 40.0, 10.0, 200.0, 12, 30),
-        _completed("c2", 0, 6, CONTROL, 60.0, 20.0, 300.0, 14, 50, refusal=True),
-        _completed("c3", 0, 7, CONTROL, 90.0, 5.0, 250.0, 10, 20),
+        _completed("c2", 0, 6, CONTROL, 60.0, 20.0, 300.0, 14, 50, refusal=True,
+                   moderation_scores={"Toxicity": 0.5, "NoRefusalLight": 1.0},
+                   moderation_actions={"NoRefusalLight": "flag"}),
+        _completed("c3", 0, 7, CONTROL, 90.0, 5.0, 250.0, 10, 20,
+                   screening_scores={"PromptInjection": 0.125, "Toxicity": 0.25, "PII": 1.0},
+                   screening_actions={"PII": "redact"}),
         _completed("c4", 0, 8, CONTROL, 130.0, 15.0, 500.0, 16, 80, moderation_blocked_by="Toxicity",
                    moderation_scores={"Toxicity": 0.875, "NoRefusalLight": 0.0}),
-        _completed("t1", 0, 9, TREATMENT, 25.0, 30.0, 150.0, 11, 40),
+        _completed("t1", 0, 9, TREATMENT, 25.0, 30.0, 150.0, 11, 40,
+                   screening_scores={"PromptInjection": 0.625, "Toxicity": 0.25, "PII": 1.0},
+                   screening_actions={"PromptInjection": "flag", "PII": "redact"}),
         _completed("t2", 0, 10, TREATMENT, 35.0, 40.0, 180.0, 13, 45),
         _completed("c5", 1, 5, CONTROL, 70.0, 25.0, 400.0, 20, 60),
-        _completed("t3", 1, 6, TREATMENT, 45.0, 50.0, 210.0, 9, 35),
+        _completed("t3", 1, 6, TREATMENT, 45.0, 50.0, 210.0, 9, 35,
+                   moderation_scores={"Toxicity": 0.5, "NoRefusalLight": 0.0, "PII": 1.0},
+                   moderation_actions={"PII": "redact"}),
         _completed("t4", 1, 7, TREATMENT, 55.0, 60.0, 260.0, 12, 55),
         _completed("t5", 1, 8, TREATMENT, 65.0, 70.0, 240.0, 15, 25),
         RequestSpecification("f1", 0, 20, CONTROL, "failed", queue_ms=12.0, prompt_tokens=10, output_tokens=3,
@@ -93,8 +108,10 @@ def known_requests() -> list[RequestSpecification]:
                              cancel_reason="client_disconnected"),
         RequestSpecification("b1", 0, 40, None, "screen_blocked", screening_blocked_by="PromptInjection",
                              screening_scores={"PromptInjection": 0.9375, "Toxicity": 0.0}),
+        # PromptInjection blocks too, but Toxicity ran first, so only Toxicity counts a block.
         RequestSpecification("b2", 1, 40, None, "screen_blocked", screening_blocked_by="Toxicity",
-                             screening_scores={"PromptInjection": 0.0, "Toxicity": 0.75}),
+                             screening_scores={"PromptInjection": 0.875, "Toxicity": 0.75},
+                             screening_actions={"PromptInjection": "block"}),
     ]
 
 
@@ -145,20 +162,25 @@ def request_events(tenant: str, start: datetime, spec: RequestSpecification) -> 
     return events
 
 
-def _scanners(scores: dict[str, float], blocked_by: str | None) -> list[ScannerResult]:
-    return [
-        ScannerResult(scanner=name, valid=name != blocked_by, risk_score=score, duration_ms=1.0)
-        for name, score in scores.items()
-    ]
+def _scanners(
+    scores: dict[str, float], blocked_by: str | None, actions: dict[str, ScannerAction]
+) -> list[ScannerResult]:
+    results = []
+    for name, score in scores.items():
+        action: ScannerAction | None = "block" if name == blocked_by else actions.get(name)
+        # A redacting scanner found the text valid, and a blocking or flagging one found it invalid.
+        valid = action in (None, "redact")
+        results.append(ScannerResult(scanner=name, valid=valid, risk_score=score, duration_ms=1.0, action=action))
+    return results
 
 
 def _screened(spec: RequestSpecification) -> ScreenedPayload:
     verdict = Verdict.BLOCKED if spec.screening_blocked_by else Verdict.PASSED
-    scanners = _scanners(spec.screening_scores, spec.screening_blocked_by)
+    scanners = _scanners(spec.screening_scores, spec.screening_blocked_by, spec.screening_actions)
     return ScreenedPayload(request=REQUEST, verdict=verdict, scanners=scanners, blocked_by=spec.screening_blocked_by)
 
 
 def _moderated(spec: RequestSpecification) -> ModeratedPayload:
     verdict = Verdict.BLOCKED if spec.moderation_blocked_by else Verdict.PASSED
-    scanners = _scanners(spec.moderation_scores, spec.moderation_blocked_by)
+    scanners = _scanners(spec.moderation_scores, spec.moderation_blocked_by, spec.moderation_actions)
     return ModeratedPayload(verdict=verdict, scanners=scanners, blocked_by=spec.moderation_blocked_by, refusal=spec.refusal)

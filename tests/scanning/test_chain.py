@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.scanning import PolicyScanner, ScannerChain, ScannerFailed
+from shared.scanning.pii import EntityAction, PiiEntity, PiiScanner
+from shared.scanning.policy import Action
 
 # A well-known example key id from AWS documentation, not a live credential.
 FAKE_AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -138,6 +140,49 @@ def test_risk_score_clamped_to_unit_range() -> None:
     result = chain.scan("text")
 
     assert [item.risk_score for item in result.results] == [0.0, 1.0]
+
+
+def test_actions_of_block_and_flag(output_chain: ScannerChain) -> None:
+    result = output_chain.scan("Sorry, the forbidden fruit is off limits.")
+
+    actions = {item.scanner: item.action for item in result.results}
+    assert actions["BanSubstrings"] == "block"
+    assert actions["NoRefusalLight"] == "flag"
+    assert [name for name, action in actions.items() if action is not None] == ["BanSubstrings", "NoRefusalLight"]
+
+
+def test_passing_scanners_take_no_action(input_chain: ScannerChain) -> None:
+    result = input_chain.scan("What is the capital of France?")
+
+    assert [item.action for item in result.results] == [None] * len(result.results)
+
+
+def _pii_scanner(entity_action: EntityAction, *, action: Action = "block") -> PolicyScanner:
+    return PolicyScanner(
+        name="PII",
+        action=action,
+        reason="personal data",
+        scan=PiiScanner({PiiEntity.EMAIL: entity_action}).scan,
+        max_match_chars=None,
+    )
+
+
+def test_valid_redaction_is_redact() -> None:
+    result = ScannerChain([_pii_scanner("redact")]).scan("write to ada@example.com")
+
+    assert result.sanitized_text == "write to [EMAIL]"
+    assert result.results[0].valid
+    assert result.results[0].action == "redact"
+    assert not result.blocked
+
+
+def test_invalid_redaction_takes_entry_action() -> None:
+    # The PII scanner redacts a blocked entity too, but the verdict is invalid, so the entry's action counts.
+    result = ScannerChain([_pii_scanner("block", action="flag")]).scan("write to ada@example.com")
+
+    assert result.sanitized_text == "write to [EMAIL]"
+    assert not result.results[0].valid
+    assert result.results[0].action == "flag"
 
 
 def test_holdback_ignores_flag_and_unbounded() -> None:

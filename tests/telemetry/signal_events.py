@@ -21,6 +21,7 @@ from shared.events import (
     LatencyPercentiles,
     ModeratedPayload,
     RequestSpec,
+    ScannerAction,
     ScannerResult,
     ScreenedPayload,
     Usage,
@@ -61,7 +62,7 @@ def request_events(request_id: str, *, tenant: str = "acme", ttft_ms: float = 42
         finish_reason="length",
     )
     usage = Usage(prompt_tokens=12, completion_tokens=5)
-    moderation = [_scanner("Toxicity", 0.25), _scanner("NoRefusalLight", 1.0)]
+    moderation = [_scanner("Toxicity", 0.25), _scanner("NoRefusalLight", 1.0, action="flag")]
     return [
         first,
         first.follow_up(EventType.SCREENED, ScreenedPayload(request=request, verdict=Verdict.PASSED, scanners=scanners)),
@@ -111,5 +112,5 @@ async def signal_rows(store: EventStore, sql_condition: str = "1", parameters: d
     return [dict(zip(columns, values)) for values in result]
 
 
-def _scanner(name: str, risk_score: float) -> ScannerResult:
-    return ScannerResult(scanner=name, valid=risk_score < 0.5, risk_score=risk_score, duration_ms=1.0)
+def _scanner(name: str, risk_score: float, *, action: ScannerAction | None = None) -> ScannerResult:
+    return ScannerResult(scanner=name, valid=risk_score < 0.5, risk_score=risk_score, duration_ms=1.0, action=action)

@@ -13,7 +13,7 @@ from services.telemetry.migrations import load_migrations
 from services.telemetry.signals import SignalBuilder
 from services.telemetry.store import EventStore
 from services.telemetry.text_storage import TextStorage
-from shared.events import EventType, FailedPayload, GenerationStats, utc_now
+from shared.events import Envelope, EventType, FailedPayload, GenerationStats, ScannerResult, utc_now
 from shared.scanning import parse_policy
 from shared.scanning.pii import PiiDetector
 from tests.telemetry.signal_events import (
@@ -88,7 +88,48 @@ async def test_screened_scores(store: EventStore) -> None:
     assert row["screening_scores"] == {"PromptInjection": 0.125, "Toxicity": 0.0625}
     assert row["screening_verdict"] == "passed"
     assert row["screening_blocked_by"] == ""
+    assert row["screening_actions"] == {}
     assert row["refusal"] is None
+
+
+def _screened_with(request_id: str, scanners: list[dict]) -> Envelope:
+    screened = request_events(request_id)[1]
+    payload = {**screened.payload, "verdict": "blocked", "blocked_by": "BanSubstrings", "scanners": scanners}
+    return screened.model_copy(update={"payload": payload})
+
+
+async def test_screened_actions_by_scanner(store: EventStore) -> None:
+    results = [
+        ScannerResult(scanner="PII", valid=True, risk_score=1.0, duration_ms=1.0, action="redact"),
+        ScannerResult(scanner="BanSubstrings", valid=False, risk_score=1.0, duration_ms=1.0, action="block"),
+        ScannerResult(scanner="Regex", valid=False, risk_score=1.0, duration_ms=1.0, action="block"),
+        ScannerResult(scanner="PromptClassifier", valid=False, risk_score=0.75, duration_ms=1.0, action="flag"),
+        ScannerResult(scanner="TokenLimit", valid=True, risk_score=0.0, duration_ms=1.0),
+    ]
+    envelope = _screened_with("r1", [result.model_dump(mode="json") for result in results])
+
+    await store.insert_new(rows([envelope], SignalBuilder()))
+
+    (row,) = await signal_rows(store)
+    assert row["screening_actions"] == {
+        "PII": "redact",
+        "BanSubstrings": "block",
+        "Regex": "block",
+        "PromptClassifier": "flag",
+    }
+    assert row["screening_blocked_by"] == "BanSubstrings"
+    assert row["moderation_actions"] == {}
+
+
+async def test_results_without_action_store_empty_map(store: EventStore) -> None:
+    # Scanner results as events carried them before `action` existed.
+    results = [{"scanner": "BanSubstrings", "valid": False, "risk_score": 1.0, "duration_ms": 1.0}]
+
+    await store.insert_new(rows([_screened_with("r1", results)], SignalBuilder()))
+
+    (row,) = await signal_rows(store)
+    assert row["screening_scores"] == {"BanSubstrings": 1.0}
+    assert row["screening_actions"] == {}
 
 
 async def test_assigned_variant(store: EventStore) -> None:
@@ -128,6 +169,7 @@ async def test_moderated_refusal_and_scores(store: EventStore) -> None:
 
     assert row["moderation_scores"] == {"Toxicity": 0.25, "NoRefusalLight": 1.0}
     assert row["moderation_verdict"] == "passed"
+    assert row["moderation_actions"] == {"NoRefusalLight": "flag"}
     assert row["refusal"] is True
 
 
