@@ -44,8 +44,11 @@ class TokenDecoder:
         top_n_tokens: int,
         prefill_details: bool,
         adapter: AdapterSelection | None = None,
+        inference_mode: bool = True,
     ) -> None:
         self._model = model
+        # False for models that fail under torch.inference_mode; see shared.modeling.supports_inference_mode.
+        self._inference_mode = inference_mode
         self._adapter = adapter
         self._ids = torch.tensor([input_ids], dtype=torch.long)
         self._processors = processors
@@ -61,7 +64,7 @@ class TokenDecoder:
         With `prefill_details`, the first call also fills `prefill_logprobs`
         with the log-probability of each prompt token after the first.
         """
-        with torch.inference_mode():
+        with torch.no_grad(), torch.inference_mode(self._inference_mode):
             logits = self._forward()
             scores = self._processors(self._ids, logits)
             logprobs = torch.log_softmax(scores, dim=-1)

@@ -19,6 +19,7 @@ from services.model_server.decoder import AdapterSelection, StepResult, TokenDec
 from services.model_server.errors import GenerationFailed, RequestValidationFailed
 from services.model_server.sampling import SamplingParams, build_processors
 from services.model_server.text_tracking import IncrementalDecoder, find_stop
+from shared.modeling import supports_inference_mode
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,8 @@ class GenerationEngine:
         self._slots = asyncio.Semaphore(limits.max_concurrent_generations)
         self.counters = GenerationCounters()
         self.eos_ids = _eos_ids(model, tokenizer)
+        # Forward passes run under torch.inference_mode unless the model's int4 weights fail there.
+        self.inference_mode = supports_inference_mode(model)
         self.special_ids = frozenset(tokenizer.all_special_ids)
 
     def encode(self, text: str) -> list[int]:
@@ -218,7 +221,7 @@ class Generation:
             selection = AdapterSelection(self.adapter or BASE_ADAPTER, engine.forward_lock)
         return TokenDecoder(
             engine.model, self.input_ids, processors, generator, params.top_n_tokens, params.decoder_input_details,
-            selection,
+            selection, engine.inference_mode,
         )
 
     async def _step(self, decoder: TokenDecoder) -> StepResult:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from shared.modeling.quantized import is_quantized_folder, load_quantized_model
+
 
 class ModelLoadError(RuntimeError):
     """The model or tokenizer could not be loaded; the transformers or OS error is the cause."""
@@ -18,7 +20,9 @@ def load_causal_lm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `model_dir` (a local folder or a hub id) as a causal LM in eval mode on `device`, with its tokenizer.
 
-    Weights keep the dtype they were saved in. With `HF_HUB_OFFLINE` set, only
+    Weights keep the dtype they were saved in. A folder written by
+    `sluice model quantize` (int8 or int4) loads with its layers quantized,
+    through `load_quantized_model`. With `HF_HUB_OFFLINE` set, only
     local files and the hub cache are read. A tokenizer without a pad token
     gets its EOS token as pad, so batched calls work.
 
@@ -29,7 +33,10 @@ def load_causal_lm(
     local_only = _hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, torch_dtype="auto")
+        if is_quantized_folder(source):
+            model = load_quantized_model(Path(source))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, torch_dtype="auto")
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"cannot load a causal LM from {source!r}: {error}. Pass a folder written by "
