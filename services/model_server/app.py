@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.model_server.adapters import load_adapters
+from services.model_server.adapters import adapter_folders, load_adapter_folders, merge_registered
 from services.model_server.chat_routes import chat_router
 from services.model_server.engine import GenerationEngine, ServingLimits
 from services.model_server.errors import ModelServerError, RequestValidationFailed
@@ -28,18 +29,24 @@ BASE_MODEL_ALIASES = frozenset({"tgi", "dummy"})
 
 
 def load_engine(
-    model_dir: str | Path, max_concurrent_generations: int, adapters_dir: Path | None = None
+    model_dir: str | Path,
+    max_concurrent_generations: int,
+    adapters_dir: Path | None = None,
+    registered_adapters: Mapping[str, Path] | None = None,
 ) -> GenerationEngine:
     """Load the model at `model_dir` on the CPU and return an engine whose limits come from its config.
 
     The context is the model's `max_position_embeddings`; a prompt may use
     all of it but one token, as in TGI. With `adapters_dir`, every LoRA
-    adapter in it is served too. Raises `shared.modeling.ModelLoadError`.
+    adapter in it is served too, and so is each of `registered_adapters`
+    (adapter id -> folder). Raises `shared.modeling.ModelLoadError`.
     """
     model, tokenizer = load_causal_lm(model_dir)
+    folders = adapter_folders(adapters_dir) if adapters_dir is not None else {}
+    folders = merge_registered(folders, registered_adapters or {})
     adapters: frozenset[str] = frozenset()
-    if adapters_dir is not None:
-        model, adapters = load_adapters(model, adapters_dir)
+    if folders:
+        model, adapters = load_adapter_folders(model, folders)
     max_total_tokens = int(model.config.max_position_embeddings)
     limits = ServingLimits(
         max_input_tokens=max_total_tokens - 1,

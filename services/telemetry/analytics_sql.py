@@ -38,6 +38,7 @@ CONFINED_TABLES = {
     "drift_reports": "tenant",
     "exposures": "tenant",
     "feedback": "tenant",
+    "model_evals": "tenant",
 }
 
 # The query parameter that carries the caller's tenant, bound on the server.

@@ -84,7 +84,7 @@ def test_tenant_parameter_reserved() -> None:
 
 
 @pytest.mark.parametrize(
-    "table", ["request_signals", "request_signals_per_minute", "scanner_signals_per_minute", "drift_reports", "exposures", "feedback"]
+    "table", ["request_signals", "request_signals_per_minute", "scanner_signals_per_minute", "drift_reports", "exposures", "feedback", "model_evals"]
 )
 def test_signal_tables_confined(table: str) -> None:
     confined = confine_sql(f"SELECT count() FROM {table}", "acme")
