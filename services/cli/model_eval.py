@@ -13,14 +13,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import nats
-import nats.errors
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.nats_buckets import CONNECT_TIMEOUT_S, NatsUrlOption, fail
+from services.cli.event_publishing import publish_envelopes
+from services.cli.nats_buckets import NatsUrlOption, fail
 from services.modelops.heldout import HeldOutDataError, HeldOutSet, load_heldout
 from shared.api_keys import DEV_TENANT
 from shared.events import Envelope, EventType, ModelEvaluatedPayload, derive_event_id, utc_now
@@ -28,7 +27,7 @@ from shared.logs import configure_logging
 from shared.modeling import ModelLoadError
 from shared.scanning import PolicyError, ScannerChain, ScannerFailed, build_output_chain, configure_scanner_runtime, load_policy
 from shared.settings import get_settings
-from shared.subjects import EVENTS_STREAM, check_subject_token, event_subject
+from shared.subjects import check_subject_token
 
 if TYPE_CHECKING:
     from services.modelops.evaluated_model import EvaluatedModel
@@ -86,7 +85,7 @@ def eval_command(
     if publish:
         run_id = f"model-eval-{uuid.uuid4()}"
         envelope = evaluation_envelope(result, run_id, tenant)
-        asyncio.run(publish_evaluation(nats_url or get_settings().resolved_nats_url, envelope))
+        asyncio.run(publish_envelopes(nats_url or get_settings().resolved_nats_url, [envelope], "pass --no-publish"))
         console.print(f"published model.evaluated as run {run_id} (tenant {tenant})")
 
 
@@ -147,21 +146,3 @@ def evaluation_envelope(result: ModelEvaluatedPayload, run_id: str, tenant: str)
         payload=result.model_dump(mode="json"),
     )
 
-
-async def publish_evaluation(nats_url: str, envelope: Envelope) -> None:
-    """Publish to the EVENTS stream and wait for the ack; raise `typer.Exit` with a clear error when NATS fails."""
-    try:
-        connection = await nats.connect(nats_url, connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=1)
-    except (nats.errors.Error, OSError) as error:
-        raise fail(
-            f"cannot reach NATS at {nats_url} ({error}); start the stack with `sluice up`, set --nats-url "
-            "or SLUICE_NATS_URL to a running server, or pass --no-publish"
-        ) from error
-    try:
-        data = envelope.model_dump_json().encode()
-        headers = {"Nats-Msg-Id": envelope.event_id}
-        await connection.jetstream().publish(event_subject(envelope.type), data, stream=EVENTS_STREAM, headers=headers)
-    except nats.errors.Error as error:
-        raise fail(f"publishing the results to {nats_url} failed ({error!r}); check that the stack is running") from error
-    finally:
-        await connection.close()

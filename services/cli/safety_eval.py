@@ -14,20 +14,19 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-import nats
-import nats.errors
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from services.cli.evaluation import evaluate as evaluate_policy
 from services.cli.evaluation import select_prompts
-from services.cli.nats_buckets import CONNECT_TIMEOUT_S, NatsUrlOption, fail
+from services.cli.event_publishing import publish_envelopes
+from services.cli.nats_buckets import NatsUrlOption, fail
 from shared.events import Envelope, EventType, SafetyEvaluatedPayload, derive_event_id, utc_now
 from shared.logs import configure_logging
 from shared.scanning import PolicyError, ScannerFailed, configure_scanner_runtime, load_policy
 from shared.settings import REPO_ROOT, get_settings
-from shared.subjects import EVENTS_STREAM, check_subject_token, event_subject
+from shared.subjects import check_subject_token
 
 safety_app = typer.Typer(help="Measure how well the screening policy catches attacks.", no_args_is_help=True)
 console = Console()
@@ -80,29 +79,6 @@ def evaluation_envelopes(rows: list[SafetyEvaluatedPayload], run_id: str, tenant
     ]
 
 
-async def publish_envelopes(nats_url: str, envelopes: list[Envelope]) -> None:
-    """Publish to the EVENTS stream and wait for each ack; raise `typer.Exit` with a clear error when NATS fails."""
-    try:
-        connection = await nats.connect(
-            nats_url, connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=1
-        )
-    except (nats.errors.Error, OSError) as error:
-        raise fail(
-            f"cannot reach NATS at {nats_url} ({error}); start the stack with `sluice up`, "
-            "or set --nats-url or SLUICE_NATS_URL to a running server, or leave out --publish"
-        ) from error
-    try:
-        jetstream = connection.jetstream()
-        for envelope in envelopes:
-            data = envelope.model_dump_json().encode()
-            headers = {"Nats-Msg-Id": envelope.event_id}
-            await jetstream.publish(event_subject(envelope.type), data, stream=EVENTS_STREAM, headers=headers)
-    except nats.errors.Error as error:
-        raise fail(f"publishing the results to {nats_url} failed ({error!r}); check that the stack is running") from error
-    finally:
-        await connection.close()
-
-
 @safety_app.command("eval")
 def evaluate(
     policy_file: Annotated[
@@ -137,5 +113,5 @@ def evaluate(
     if publish:
         run_id = f"eval-{uuid.uuid4()}"
         envelopes = evaluation_envelopes(rows, run_id, tenant)
-        asyncio.run(publish_envelopes(nats_url or get_settings().resolved_nats_url, envelopes))
+        asyncio.run(publish_envelopes(nats_url or get_settings().resolved_nats_url, envelopes, "leave out --publish"))
         console.print(f"published {len(envelopes)} safety.evaluated events as run {run_id} (tenant {tenant})")
