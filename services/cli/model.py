@@ -16,6 +16,7 @@ from services.cli.model_eval import eval_command  # noqa: E402
 from services.cli.model_registry import list_command, register_command  # noqa: E402
 from services.cli.model_quantize import quantize_command  # noqa: E402
 from services.cli.model_finetune import finetune_command, make_dataset_command  # noqa: E402
+from services.cli.model_demo import demo_command  # noqa: E402
 
 model_app.command("eval")(eval_command)
 model_app.command("register")(register_command)
@@ -23,3 +24,4 @@ model_app.command("list")(list_command)
 model_app.command("quantize")(quantize_command)
 model_app.command("finetune")(finetune_command)
 model_app.command("make-dataset")(make_dataset_command)
+model_app.command("demo")(demo_command)

@@ -111,7 +111,9 @@ def encode_pair(evaluated: EvaluatedModel, example: HeldOutExample) -> tuple[lis
     return prompt_ids, completion_ids
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: optimum-quanto's int4 weights raise "Cannot set
+# version_counter for inference tensor" under inference_mode.
+@torch.no_grad()
 def completion_nll(model: torch.nn.Module, prompt_ids: list[int], completion_ids: list[int], context_tokens: int) -> tuple[float, int]:
     """Return the summed negative log-likelihood (nats) of `completion_ids` given `prompt_ids`, and their count.
 
@@ -128,7 +130,7 @@ def completion_nll(model: torch.nn.Module, prompt_ids: list[int], completion_ids
     return float(token_nll[len(prompt) - 1 :].sum()), len(completion)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(evaluated: EvaluatedModel, prompt_ids: list[int], max_new_tokens: int) -> tuple[str, int, float]:
     """Decode greedily after `prompt_ids`; return the new text (special tokens left out), its token count and the time in ms.
 
