@@ -9,11 +9,15 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
+def configure_logging(service: str, level: str = "INFO", *, cache_loggers: bool = True) -> None:
     """Send JSON log lines to stderr, each with the service name, level and an ISO UTC timestamp.
 
     Call once, from a service's `__main__`. The standard library's loggers
-    (uvicorn, faststream, nats) go through the same renderer.
+    (uvicorn, faststream, nats) go through the same renderer. A service
+    caches each logger on first use, which saves a configuration lookup per
+    line. A CLI command passes `cache_loggers=False`, because it may run
+    inside another process (a test, a notebook), whose loggers would keep
+    this configuration after the command returns.
     """
     numeric_level = logging.getLevelName(level.upper())
     shared_processors: list[structlog.types.Processor] = [
@@ -27,7 +31,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 # No test may reach a model hub; without this each hub lookup stalls before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +19,18 @@ from shared.embedded.infrastructure import ManagedProcess, free_port, start_nats
 from shared.settings import Settings  # noqa: E402
 
 HOST = "127.0.0.1"
+
+
+@pytest.fixture(autouse=True)
+def restored_logging() -> Iterator[None]:
+    """Undo any logging setup a test performs (a CLI command run in-process configures logging), so later tests capture logs as they expect."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ def demo_command(
     from services.modelops.demonstration import run_demonstration
 
     configure_scanner_runtime()
-    configure_logging("cli", LOG_LEVEL)
+    configure_logging("cli", LOG_LEVEL, cache_loggers=False)
     options = DemoOptions(out, train_minutes, units, seed, eval_examples, corpus, base, force)
     try:
         run_demonstration(options, console)

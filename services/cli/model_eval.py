@@ -67,7 +67,7 @@ def eval_command(
     from services.modelops.evaluated_model import load_evaluated_model
 
     configure_scanner_runtime()
-    configure_logging("cli", LOG_LEVEL)
+    configure_logging("cli", LOG_LEVEL, cache_loggers=False)
     try:
         check_subject_token(tenant, "tenant")
         heldout = load_heldout(dataset, max_examples)

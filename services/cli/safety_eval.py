@@ -95,7 +95,7 @@ def evaluate(
     """Run every input scanner of the policy over the prompt files and print detection, false positives and latency."""
     configure_scanner_runtime()
     # llm-guard logs every scan at debug; the table is the output.
-    configure_logging("cli", LOG_LEVEL)
+    configure_logging("cli", LOG_LEVEL, cache_loggers=False)
     path = policy_file or get_settings().policy_file
     try:
         check_subject_token(tenant, "tenant")

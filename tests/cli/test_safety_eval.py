@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 from services.cli import safety_eval
@@ -61,18 +58,6 @@ def policy_file(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(json.dumps(POLICY), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """Undo the logging setup that the command performs, so later tests see the configuration they expect."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _records(*outcomes: tuple[bool, bool]) -> list[ScanRecord]:
@@ -160,7 +145,7 @@ def test_baseline_drops_model_scanners() -> None:
     assert [spec.type for spec in baseline.input] == ["BanSubstrings"]
 
 
-def test_command_prints_rates(prompt_folder: Path, policy_file: Path, restored_logging: None) -> None:
+def test_command_prints_rates(prompt_folder: Path, policy_file: Path) -> None:
     result = CliRunner().invoke(
         app, ["safety", "eval", "--all-prompts", "--policy", str(policy_file), "--data", str(prompt_folder)], env={"COLUMNS": "200"}
     )
@@ -172,7 +157,7 @@ def test_command_prints_rates(prompt_folder: Path, policy_file: Path, restored_l
 
 
 def test_command_rejects_no_held_out(
-    prompt_folder: Path, policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restored_logging: None
+    prompt_folder: Path, policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     split_file = tmp_path / "heldout-sha256.txt"
     split_file.write_text(f"{text_digest('a prompt that no file contains')}\n", encoding="utf-8")
@@ -184,7 +169,7 @@ def test_command_rejects_no_held_out(
     assert "is in the held-out split" in " ".join(result.output.split())
 
 
-def test_command_rejects_missing_data(tmp_path: Path, policy_file: Path, restored_logging: None) -> None:
+def test_command_rejects_missing_data(tmp_path: Path, policy_file: Path) -> None:
     result = CliRunner().invoke(app, ["safety", "eval", "--policy", str(policy_file), "--data", str(tmp_path / "none")])
 
     assert result.exit_code == 1
@@ -193,7 +178,7 @@ def test_command_rejects_missing_data(tmp_path: Path, policy_file: Path, restore
 
 @pytest.mark.nats
 def test_command_publishes_events(
-    tmp_path_factory: pytest.TempPathFactory, prompt_folder: Path, policy_file: Path, restored_logging: None
+    tmp_path_factory: pytest.TempPathFactory, prompt_folder: Path, policy_file: Path
 ) -> None:
     with private_nats(tmp_path_factory, "safety-eval-nats") as nats_url:
         asyncio.run(_ensure_streams(nats_url))
