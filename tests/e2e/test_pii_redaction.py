@@ -12,7 +12,7 @@ from services.cli.client import SluiceClient
 from shared.events import Envelope, EventType
 from shared.store_client import StoreClient
 from shared.subjects import event_subject
-from tests.e2e.test_pipeline import COMPLETED_EVENTS, run_prompt, stored_event_counts
+from tests.e2e.test_pipeline import EXPOSED_COMPLETED_EVENTS, run_prompt, stored_event_counts
 
 EMAIL = "jane.doe@example.com"
 PROMPT = f"Write two lines to {EMAIL} about the harvest feast"
@@ -42,12 +42,12 @@ async def test_email_stored_redacted(client: SluiceClient, nats_connection: nats
     store = StoreClient(nats_connection)
     run = await run_prompt(client, {"prompt": PROMPT, "params": {"max_new_tokens": 8}})
 
-    await stored_event_counts(store, "dev", [run.request_id], set(COMPLETED_EVENTS))
+    await stored_event_counts(store, "dev", [run.request_id], set(EXPOSED_COMPLETED_EVENTS))
     sql = "SELECT type, payload FROM events FINAL WHERE tenant = {tenant:String} AND request_id = {id:String}"
     rows = await store.query_all(sql, {"tenant": "dev", "id": run.request_id})
 
     payloads = {event_type: payload for event_type, payload in rows}
-    assert set(payloads) == set(COMPLETED_EVENTS)
+    assert set(payloads) == set(EXPOSED_COMPLETED_EVENTS)
     for event_type, payload in payloads.items():
         assert EMAIL not in payload, event_type
     stored_prompt = json.loads(payloads["request.accepted"])["request"]["messages"][0]["content"]

@@ -39,6 +39,9 @@ COMPLETED_EVENTS = Counter(
         "output.delivered": 1,
     }
 )
+# The shipped experiment takes every request, and a request without a
+# user_id is its own unit, so each completed request also has one exposure.
+EXPOSED_COMPLETED_EVENTS = COMPLETED_EVENTS + Counter({"experiment.exposed": 1})
 PROMPT_BLOCKED_EVENTS = Counter({"request.accepted": 1, "request.screened": 1})
 
 FAKE_AWS_KEY_PROMPT = "Deploy with these credentials: aws_access_key_id = AKIAIOSFODNN7EXAMPLE and secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -149,9 +152,9 @@ async def test_chunk_sequence_has_no_gaps(completed_runs: list[Run]) -> None:
 
 async def test_clickhouse_holds_each_event_once(completed_runs: list[Run], store: StoreClient) -> None:
     request_ids = [run.request_id for run in completed_runs]
-    counts = await stored_event_counts(store, "dev", request_ids, set(COMPLETED_EVENTS))
+    counts = await stored_event_counts(store, "dev", request_ids, set(EXPOSED_COMPLETED_EVENTS))
     for request_id in request_ids:
-        assert counts[request_id] == COMPLETED_EVENTS, request_id
+        assert counts[request_id] == EXPOSED_COMPLETED_EVENTS, request_id
 
 
 async def test_clickhouse_text_equals_streamed_text(completed_runs: list[Run], store: StoreClient) -> None:

@@ -9,7 +9,7 @@ import pytest
 from services.cli.client import SluiceClient
 from shared.embedded.stack import EmbeddedStack
 from shared.store_client import StoreClient
-from tests.e2e.test_pipeline import COMPLETED_EVENTS, stored_event_counts
+from tests.e2e.test_pipeline import EXPOSED_COMPLETED_EVENTS, stored_event_counts
 
 pytestmark = pytest.mark.stack
 
@@ -24,6 +24,7 @@ TENANT = "dev"
 PARENT_EVENT = {
     "request.screened": "request.accepted",
     "request.assigned": "request.screened",
+    "experiment.exposed": "request.screened",
     "generation.first_token": "request.assigned",
     "generation.completed": "request.assigned",
 }
@@ -50,7 +51,7 @@ async def traced_request(stack: EmbeddedStack) -> dict[str, dict[str, str]]:
     connection = await nats.connect(stack.settings.resolved_nats_url)
     try:
         store = StoreClient(connection)
-        await stored_event_counts(store, TENANT, [request_id], set(COMPLETED_EVENTS))
+        await stored_event_counts(store, TENANT, [request_id], set(EXPOSED_COMPLETED_EVENTS))
         # The query joins on the trace id, as an operator following one trace would.
         sql = (
             "SELECT type, trace FROM events FINAL "
@@ -63,7 +64,7 @@ async def traced_request(stack: EmbeddedStack) -> dict[str, dict[str, str]]:
 
 
 async def test_every_event_joins_on_trace_id(traced_request: dict[str, dict[str, str]]) -> None:
-    assert set(traced_request) == set(COMPLETED_EVENTS)
+    assert set(traced_request) == set(EXPOSED_COMPLETED_EVENTS)
 
 
 async def test_every_event_has_own_span(traced_request: dict[str, dict[str, str]]) -> None:
