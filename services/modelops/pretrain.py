@@ -2,6 +2,8 @@
 
     python -m services.modelops.pretrain --corpus data.txt --out shared/models/tinyshakespeare-llama --minutes 10
 
+`sluice model pretrain` runs the same training with a progress bar and a summary table.
+
 The folder loads with `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` and carries a chat template. Runs on the CPU.
 """
@@ -13,6 +15,8 @@ import random
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,29 +51,59 @@ SAMPLE_PROMPTS = ("ROMEO:\n", "First Citizen:\nWhat say you to the king?\n\n")
 SAMPLE_NEW_TOKENS = 80
 
 
+@dataclass(frozen=True)
+class PretrainResult:
+    """The figures of a finished run: the saved folder, the model's size, the corpus split and the best validation score."""
+
+    out: Path
+    parameters: int
+    train_tokens: int
+    val_tokens: int
+    steps: int
+    elapsed_s: float
+    val_bits_per_char: float
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, train, and write the model folder to `--out`."""
-    args = _parse_args(argv)
+    result = run(parse_args(argv), _print_progress)
+    print(f"corpus: {result.train_tokens:,} training tokens, {result.val_tokens:,} validation tokens", flush=True)
+    print(f"best checkpoint: {result.val_bits_per_char:.3f} bits/char on the whole validation tail", flush=True)
+    print(f"saved to {result.out}", flush=True)
+
+
+def run(args: argparse.Namespace, on_progress: Callable[[dict[str, float]], None]) -> PretrainResult:
+    """Train on `args.corpus` for `args.minutes`, keep the best checkpoint, and write the folder to `args.out`.
+
+    `on_progress` receives each validation point: step, elapsed_s, train_loss and val_bits_per_char.
+    """
     _seed_everything(args.seed, args.threads)
     text = args.corpus.read_text(encoding="utf-8")
     split_at = int(len(text) * (1 - VALIDATION_FRACTION))
     tokenizer = train_tokenizer(text[:split_at], VOCAB_SIZE)
     corpus = _encode_corpus(tokenizer, text[:split_at], text[split_at:])
-    print(f"corpus: {len(corpus.train_ids):,} training tokens, {len(corpus.val_ids):,} validation tokens", flush=True)
 
     model = LlamaForCausalLM(_model_config(tokenizer))
     recipe = Recipe(eval_interval_s=args.eval_interval_s)
-    result = train(model, corpus, recipe, args.minutes * 60, args.seed, _print_progress)
+    result = train(model, corpus, recipe, args.minutes * 60, args.seed, on_progress)
     model.load_state_dict(result.best_state)
     final_score = bits_per_char(model, corpus, recipe.context_tokens, max_windows=None)
-    print(f"best checkpoint: {final_score:.3f} bits/char on the whole validation tail", flush=True)
 
     facts = _card_facts(args, model, tokenizer, result, final_score, recipe)
     _save_folder(model, tokenizer, facts, args.out)
-    print(f"saved to {args.out}", flush=True)
+    return PretrainResult(
+        out=args.out,
+        parameters=model.num_parameters(),
+        train_tokens=len(corpus.train_ids),
+        val_tokens=len(corpus.val_ids),
+        steps=result.steps,
+        elapsed_s=result.elapsed_s,
+        val_bits_per_char=final_score,
+    )
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the options; exit with status 2 and a usage message when one is invalid, as argparse does."""
     parser = argparse.ArgumentParser(prog="python -m services.modelops.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, required=True, help="UTF-8 text file to train on")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write; an existing one is replaced")
