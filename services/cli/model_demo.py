@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from services.cli.nats_buckets import fail
-from services.modelops.demo_run import (
+from services.cli.optimize_demo.run import (
     DEFAULT_CORPUS,
     DEFAULT_EVAL_EXAMPLES,
     DEFAULT_SEED,
@@ -44,7 +44,7 @@ def demo_command(
 ) -> None:
     """Fine-tune, quantize, evaluate, register, A/B test through the live stack and price the small model, then write OUT/summary.md."""
     # Imported here: torch, transformers and peft take seconds to import, which the other commands need not wait for.
-    from services.modelops.demonstration import run_demonstration
+    from services.cli.optimize_demo.demonstration import run_demonstration
 
     configure_scanner_runtime()
     configure_logging("cli", LOG_LEVEL, cache_loggers=False)

@@ -13,11 +13,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from services.cli.main import app
-from services.modelops.demo_cost import tco_command, tco_options
-from services.modelops.demo_live import graded_counts
-from services.modelops.demo_offline import MAX_EPOCHS, choose_served, steps_within
-from services.modelops.demo_run import DemoError, DemoOptions, DemoRun, check_demo_options
-from services.modelops.demo_serving import (
+from services.cli.optimize_demo.cost import tco_command, tco_options
+from services.cli.optimize_demo.live import graded_counts
+from services.cli.optimize_demo.offline import MAX_EPOCHS, choose_served, steps_within
+from services.cli.optimize_demo.run import DemoError, DemoOptions, DemoRun, check_demo_options
+from services.cli.optimize_demo.serving import (
     BASE_BACKEND,
     EXPERIMENT_KEY,
     TUNED_BACKEND,
@@ -26,9 +26,9 @@ from services.modelops.demo_serving import (
     experiments_config,
     write_yaml,
 )
-from services.modelops.demo_summary import Summary, command, markdown_table
-from services.modelops.demo_task import CHAT_TASK_NAME, render_user_prompt, write_chat_dataset
-from services.modelops.demo_traffic import THUMBS_NOISE, UnitResult, feedback_bodies, plan_units
+from services.cli.optimize_demo.summary import Summary, command, markdown_table
+from services.cli.optimize_demo.task import CHAT_TASK_NAME, render_user_prompt, write_chat_dataset
+from services.cli.optimize_demo.traffic import THUMBS_NOISE, UnitResult, feedback_bodies, plan_units
 from services.modelops.finetune import FinetuneOptions, check_options, load_run
 from services.modelops.model_size import SizeReport
 from services.modelops.quantize import QuantizationResult

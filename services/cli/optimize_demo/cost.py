@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.cli.tco import comparison_table, option_scenario, ratio_line, scenario_table, write_cost_chart
-from services.modelops.demo_run import TCO_CHART, DemoRun
-from services.modelops.demo_summary import command, markdown_table
+from services.cli.optimize_demo.run import TCO_CHART, DemoRun
+from services.cli.optimize_demo.summary import command, markdown_table
 from services.modelops.tco import cost_ratios, cost_scenario
 from services.modelops.tco_file import DEFAULT_TCO_FILE, load_tco_file
 

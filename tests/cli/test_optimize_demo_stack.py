@@ -12,10 +12,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from services.modelops.demo_live import graded_counts
-from services.modelops.demo_run import CONFIG_DIR, DEFAULT_CORPUS, EXPERIMENT_CHART, STACK_DIR, SUMMARY_FILE, TCO_CHART, DemoOptions
-from services.modelops.demo_serving import BASE_VARIANT, EXPERIMENT_KEY, TUNED_BACKEND
-from services.modelops.demonstration import run_demonstration
+from services.cli.optimize_demo.live import graded_counts
+from services.cli.optimize_demo.run import CONFIG_DIR, DEFAULT_CORPUS, EXPERIMENT_CHART, STACK_DIR, SUMMARY_FILE, TCO_CHART, DemoOptions
+from services.cli.optimize_demo.serving import BASE_VARIANT, EXPERIMENT_KEY, TUNED_BACKEND
+from services.cli.optimize_demo.demonstration import run_demonstration
 from shared.embedded.stack import LOCK_FILE_NAME
 from tests.modelops.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from services.modelops.demo_summary import Summary, command
-from services.modelops.demo_traffic import UnitResult
+from services.cli.optimize_demo.summary import Summary, command
+from services.cli.optimize_demo.traffic import UnitResult
 from services.modelops.finetune import FinetuneResult
 from services.modelops.quantize import QuantizationResult
 from services.modelops.task_dataset import MANIFEST_FILE, TaskDatasetSummary

@@ -15,7 +15,7 @@ from services.cli.client import SluiceClient
 from services.cli.experiment_report import arms_table, metrics_table, summary_lines, write_interval_chart
 from services.cli.model_eval import evaluation_envelope
 from services.cli.model_registry import registry_table
-from services.modelops.demo_run import (
+from services.cli.optimize_demo.run import (
     ADAPTER_DIR,
     ADAPTER_NAME,
     BASE_NAME,
@@ -25,7 +25,7 @@ from services.modelops.demo_run import (
     STACK_DIR,
     DemoRun,
 )
-from services.modelops.demo_serving import (
+from services.cli.optimize_demo.serving import (
     BASE_BACKEND,
     BASE_VARIANT,
     EXPERIMENT_KEY,
@@ -37,9 +37,9 @@ from services.modelops.demo_serving import (
     wait_until_healthy,
     write_yaml,
 )
-from services.modelops.demo_summary import command, markdown_table
-from services.modelops.demo_task import read_examples
-from services.modelops.demo_traffic import (
+from services.cli.optimize_demo.summary import command, markdown_table
+from services.cli.optimize_demo.task import read_examples
+from services.cli.optimize_demo.traffic import (
     UnitResult,
     feedback_bodies,
     plan_units,

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.cli.model_eval import results_table
 from services.cli.model_finetune import dataset_table, finetune_table
 from services.cli.model_quantize import sizes_table
-from services.modelops.demo_run import (
+from services.cli.optimize_demo.run import (
     ADAPTER_DIR,
     ADAPTER_NAME,
     BASE_NAME,
@@ -21,8 +21,8 @@ from services.modelops.demo_run import (
     DATASET_DIR,
     DemoRun,
 )
-from services.modelops.demo_summary import EVALUATION_HEADERS, command, evaluation_rows, markdown_table
-from services.modelops.demo_task import write_chat_dataset
+from services.cli.optimize_demo.summary import EVALUATION_HEADERS, command, evaluation_rows, markdown_table
+from services.cli.optimize_demo.task import write_chat_dataset
 from services.modelops.evaluated_model import load_evaluated_model
 from services.modelops.evaluation import evaluate
 from services.modelops.finetune import MERGED_DIR, FinetuneOptions, FinetuneResult, LoraRun, check_options, load_run, train_and_save

@@ -4,16 +4,16 @@
 stack, which runs as child processes:
 
 1. derive the next-speaker task from the corpus, and render its prompts in
-   the chat form that the model server builds (`demo_task`);
+   the chat form that the model server builds (`task`);
 2. evaluate the base model on the held-out set;
 3. train a LoRA adapter within a wall-clock budget and evaluate it;
 4. merge it, quantize the merged model to int8 and int4, and evaluate both
-   (`demo_offline` runs steps 1 to 4);
+   (`offline` runs steps 1 to 4);
 5. start the embedded stack with a second model server for the tuned and
    quantized model, and register the models with lineage;
 6. send simulated users through the experiment and their graded feedback
-   through the API, then fetch the experiment report (`demo_live`);
-7. price the served model at its measured tokens/s (`demo_cost`);
+   through the API, then fetch the experiment report (`live`);
+7. price the served model at its measured tokens/s (`cost`);
 8. write `DIR/summary.md` with every figure and the command behind it.
 """
 
@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 import torch
 from rich.console import Console
 
-from services.modelops.demo_cost import price
-from services.modelops.demo_live import run_live_steps
-from services.modelops.demo_offline import run_offline_steps
-from services.modelops.demo_run import SUMMARY_FILE, DemoOptions, DemoRun, check_demo_options
-from services.modelops.demo_summary import Summary
+from services.cli.optimize_demo.cost import price
+from services.cli.optimize_demo.live import run_live_steps
+from services.cli.optimize_demo.offline import run_offline_steps
+from services.cli.optimize_demo.run import SUMMARY_FILE, DemoOptions, DemoRun, check_demo_options
+from services.cli.optimize_demo.summary import Summary
 from shared.api_keys import DEV_TENANT
 from shared.scanning import ScannerChain, build_output_chain, load_policy
 from shared.settings import get_settings
