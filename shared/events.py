@@ -85,7 +85,7 @@ class RequestSpec(_Model):
     model: str | None = None
 
 
-# What a scanner's policy entry did with a text (see `ScannerResult.action`).
+# The action a scanner's policy entry took on a text (see `ScannerResult.action`).
 ScannerAction = Literal["block", "flag", "redact"]
 
 
@@ -360,7 +360,7 @@ class ExposedPayload(_Model):
 
 
 class FeedbackKind(str, enum.Enum):
-    """What a piece of feedback measures, which also fixes the values it may take."""
+    """The measure a piece of feedback gives, which also fixes the values it may take."""
 
     # A score from 1 to 5.
     RATING = "rating"
@@ -383,7 +383,7 @@ class FeedbackPayload(_Model):
     value: float
     metadata: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str
-    # Where the feedback came from: "http" (POST /v1/feedback) or "nats" (the feedback subject).
+    # The feedback's source: "http" (POST /v1/feedback) or "nats" (the feedback subject).
     channel: Literal["http", "nats"]
 
 

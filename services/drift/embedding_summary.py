@@ -7,7 +7,7 @@ bottom-k sample: the `sample_limit` requests with the smallest sample keys
 (cityHash64 of the request id). Request ids are random, so the sample is
 uniform over the range. Keeping the smallest keys of the union of two
 samples gives exactly the sample that one read over both ranges would
-return, so a window that fills over several reads still contains at most
+return. So a window that fills over several reads still contains at most
 `sample_limit` rows, drawn uniformly from the whole window.
 """
 

@@ -23,8 +23,8 @@ DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "corpus" / "tinyshakespe
 # steps/s: 5 minutes make about 690 steps, nearly two epochs of the 6,085 examples.
 DEFAULT_TRAIN_MINUTES = 5.0
 # 200 users give each arm about 85 units once prompt screening has blocked
-# some prompts (31 of 200 in one run): enough to show a lift of 10 to 20
-# points in the conversion rate (the task accuracy) from a base rate near 0.
+# some prompts (31 of 200 in one run). That is enough to show a lift of 10 to
+# 20 points in the conversion rate (the task accuracy) from a base rate near 0.
 DEFAULT_UNITS = 200
 DEFAULT_SEED = 1234
 # 300 of the 675 held-out examples: a 95% interval of about ±6 points on an
